@@ -1,0 +1,591 @@
+/*
+ * The correlation engine: a sharded table of open waiters, each with its own bounded ring.
+ *
+ * Design
+ * ------
+ * Table. Open waiters live in Concurrency Kit hash sets (ck_hs, SPMC mode), one per shard. The shard
+ * is chosen by the top bits of a keyed SipHash of the id, so a client cannot aim ids at one shard
+ * or one probe chain. ck_hs allows one writer at a time, so each shard serialises its writers
+ * (add, unlink, gc) with a mutex, while lookups take no lock: they run inside a liburcu read-side
+ * section (memb flavour). Memory that readers may still see is reclaimed with call_rcu after a
+ * grace period: unlinked waiters, and the old maps that ck_hs hands to its free hook with
+ * defer=true when it grows or collects tombstones.
+ *
+ * Ring. Each waiter owns a ck_ring used single-producer/single-consumer. The consumer is the
+ * owning thread. Producers are the acking threads, and several may ack one id at once, so they
+ * are serialised by a producer lock: the LOCKED bit of the waiter's `state` word. The same word
+ * carries the CLOSED bit, which makes closing and producing mutually exclusive:
+ *
+ *   producer (corr_engine_ack)                  owner (corr_waiter_close)
+ *   CAS state: 0 -> LOCKED, fail if CLOSED      OR CLOSED into state
+ *   check accepted < acks, enqueue, wake        spin until LOCKED is clear
+ *   clear LOCKED (release)                      (acquire) drain the ring
+ *
+ * Invariants:
+ *   I1 (one outcome) every ack takes exactly one branch of corr_engine_ack and returns its result.
+ *   I2 (delivery) a producer returns CORR_ACK_DELIVERED only after enqueueing while it held the
+ *      lock with CLOSED clear. Close sets CLOSED and then waits for LOCKED to clear, so every such
+ *      enqueue happens before close returns and the owner's drain sees it. A producer that finds
+ *      CLOSED returns CORR_ACK_NO_WAITER and enqueues nothing.
+ *   I3 (bound) `accepted` counts deliveries over the waiter's life and is only touched under the
+ *      lock, so a waiter never accepts more than `acks`; the ring holds acks + 1 slots, so an
+ *      enqueue under that bound cannot fail.
+ *   I4 (wake) the wake callback runs under the lock, so it never runs after close returned, and
+ *      the embedder may free whatever the callback touches once close has returned.
+ *   I5 (memory) a waiter is freed by call_rcu only after it is unlinked from the table, so a
+ *      reader that found it in a read-side section can still lock and inspect it safely.
+ *
+ * Wake-ups. `armed` is 1 while the owner has seen an empty ring and wants to be woken. A producer
+ * that enqueued exchanges it with 0 and calls the wake callback if it was 1. The owner stores 1
+ * and then looks at the ring again (corr_waiter_take). This is a store-then-load handshake on
+ * both sides with a full fence in each, so either the owner sees the new item or the producer
+ * sees armed == 1 and wakes it: a wake-up is never lost, and a burst of acks costs one wake-up.
+ *
+ * Progress: lookups are lock-free (ck_hs retries on its generation counter; RCU read sections are
+ * wait-free in the memb flavour). Acks for the same id are blocking with respect to each other
+ * because of the producer lock, whose critical section is a bounded enqueue and the callback.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include <urcu.h>
+#include <ck_hs.h>
+#include <ck_pr.h>
+#include <ck_ring.h>
+
+#include "corr.h"
+#include "siphash.h"
+
+#define DEFAULT_SHARDS 64
+#define DEFAULT_MAX_ID_BYTES 256
+#define MAX_SHARDS 4096
+#define GC_EVERY_UNLINKS 65536 /* tombstone collection period per shard, in unlinks */
+
+#define STATE_LOCKED 1u
+#define STATE_CLOSED 2u
+
+/*
+ * Key layout shared by stored waiters and stack lookup keys: ck_hs passes both kinds of object
+ * to the hash and compare callbacks, so each must start with this struct.
+ */
+struct corr_key {
+    unsigned long hash;
+    size_t len;
+    const unsigned char *bytes;
+};
+
+struct corr_waiter {
+    struct corr_key key;
+    unsigned int state;    /* STATE_LOCKED | STATE_CLOSED, changed only with ck_pr atomics */
+    unsigned int armed;    /* 1 when the owner waits for a wake-up; see the design notes */
+    unsigned int accepted; /* deliveries so far; read and written only under STATE_LOCKED */
+    unsigned int acks;     /* deliveries allowed */
+    bool unlinked;         /* owner-only: corr_waiter_close has run */
+    unsigned int shard;
+    void *data;
+    struct rcu_head rcu;
+    ck_ring_t ring;
+    ck_ring_buffer_t *slots;
+    unsigned char id[];
+};
+
+struct shard_counters {
+    uint64_t added, rejected, delivered, no_waiter, full, released;
+};
+
+struct shard {
+    pthread_mutex_t writer_lock; /* serialises every ck_hs mutation of this shard */
+    ck_hs_t set;
+    unsigned long unlinks; /* under writer_lock */
+    struct shard_counters counters;
+} __attribute__((aligned(64)));
+
+struct corr_engine {
+    struct corr_engine_config config;
+    uint64_t hash_key[2];
+    unsigned shard_shift;
+    uint64_t pending; /* open waiters; ck_pr atomics only */
+    struct shard *shards;
+};
+
+/*
+ * ck_hs allocator. Each block carries a hidden rcu_head so that a map freed with defer=true can be
+ * reclaimed after a grace period: readers inside ck_hs_get may still be walking it.
+ */
+struct deferred_block {
+    struct rcu_head rcu;
+} __attribute__((aligned(16)));
+
+static void *block_malloc(size_t size)
+{
+    struct deferred_block *block = malloc(sizeof(*block) + size);
+    return block == NULL ? NULL : block + 1;
+}
+
+static void *block_realloc(void *p, size_t old_size, size_t new_size, bool defer)
+{
+    /* ck_hs 0.7.1 never calls realloc; support it without deferral for completeness. */
+    struct deferred_block *block = realloc((struct deferred_block *)p - 1, sizeof(*block) + new_size);
+    return block == NULL ? NULL : block + 1;
+}
+
+static void block_free_now(struct rcu_head *head)
+{
+    free(caa_container_of(head, struct deferred_block, rcu));
+}
+
+static void block_free(void *p, size_t size, bool defer)
+{
+    struct deferred_block *block = (struct deferred_block *)p - 1;
+
+    if (p == NULL)
+        return;
+    if (defer)
+        call_rcu(&block->rcu, block_free_now); /* a reader may still walk this map */
+    else
+        free(block);
+}
+
+static struct ck_malloc block_allocator = {
+    .malloc = block_malloc,
+    .realloc = block_realloc,
+    .free = block_free,
+};
+
+static unsigned long key_hash_cb(const void *object, unsigned long seed)
+{
+    return ((const struct corr_key *)object)->hash;
+}
+
+static bool key_equal_cb(const void *a, const void *b)
+{
+    const struct corr_key *x = a, *y = b;
+    return x->len == y->len && memcmp(x->bytes, y->bytes, x->len) == 0;
+}
+
+static void counter_add(uint64_t *counter)
+{
+    /* Statistics only: no ordering with anything else is needed. */
+    ck_pr_inc_64(counter);
+}
+
+static unsigned shard_of(const struct corr_engine *engine, unsigned long hash)
+{
+    return engine->shard_shift >= 64 ? 0 : (unsigned)((uint64_t)hash >> engine->shard_shift);
+}
+
+static void key_init(const struct corr_engine *engine, struct corr_key *key, const void *id, size_t len)
+{
+    key->hash = (unsigned long)corr__siphash13(engine->hash_key, id, len);
+    key->len = len;
+    key->bytes = id;
+}
+
+static bool id_length_valid(const struct corr_engine *engine, size_t len)
+{
+    return len >= 1 && len <= engine->config.max_id_bytes;
+}
+
+void corr_engine_config_init(struct corr_engine_config *config)
+{
+    memset(config, 0, sizeof(*config));
+    config->size = sizeof(*config);
+    config->shards = DEFAULT_SHARDS;
+    config->max_id_bytes = DEFAULT_MAX_ID_BYTES;
+}
+
+static int config_check(const struct corr_engine_config *config)
+{
+    if (config == NULL || config->size < sizeof(struct corr_engine_config))
+        return -EINVAL;
+    if (config->wake == NULL)
+        return -EINVAL;
+    if (config->shards == 0 || config->shards > MAX_SHARDS || (config->shards & (config->shards - 1)) != 0)
+        return -EINVAL;
+    if (config->max_id_bytes == 0 || config->max_id_bytes > CORR_ID_MAX_BYTES)
+        return -EINVAL;
+    return 0;
+}
+
+int corr_engine_create(const struct corr_engine_config *config, struct corr_engine **out)
+{
+    int err = config_check(config);
+    if (err != 0)
+        return err;
+
+    struct corr_engine *engine = calloc(1, sizeof(*engine));
+    if (engine == NULL)
+        return -ENOMEM;
+    engine->config = *config;
+    engine->config.size = sizeof(engine->config);
+    if (getrandom(engine->hash_key, sizeof(engine->hash_key), 0) != sizeof(engine->hash_key)) {
+        free(engine);
+        return -errno;
+    }
+
+    unsigned bits = 0;
+    while ((1u << bits) < config->shards)
+        bits++;
+    engine->shard_shift = 64 - bits;
+
+    engine->shards = aligned_alloc(64, sizeof(struct shard) * config->shards);
+    if (engine->shards == NULL) {
+        free(engine);
+        return -ENOMEM;
+    }
+    memset(engine->shards, 0, sizeof(struct shard) * config->shards);
+    for (unsigned i = 0; i < config->shards; i++) {
+        struct shard *shard = &engine->shards[i];
+        pthread_mutex_init(&shard->writer_lock, NULL);
+        if (!ck_hs_init(&shard->set, CK_HS_MODE_SPMC | CK_HS_MODE_OBJECT | CK_HS_MODE_DELETE, key_hash_cb,
+                        key_equal_cb, &block_allocator, 64, 0)) {
+            for (unsigned j = 0; j < i; j++)
+                ck_hs_destroy(&engine->shards[j].set);
+            free(engine->shards);
+            free(engine);
+            return -ENOMEM;
+        }
+    }
+    *out = engine;
+    return 0;
+}
+
+void corr_thread_register(void)
+{
+    rcu_register_thread();
+}
+
+void corr_thread_unregister(void)
+{
+    rcu_unregister_thread();
+}
+
+static unsigned ring_slots_for(unsigned acks)
+{
+    /* ck_ring needs a power of two and keeps one slot free, so acks + 1 slots always suffice. */
+    unsigned slots = 2;
+    while (slots < acks + 1)
+        slots <<= 1;
+    return slots;
+}
+
+static struct corr_waiter *waiter_alloc(const struct corr_engine *engine, const void *id, size_t len,
+                                        unsigned acks, void *data)
+{
+    unsigned slots = ring_slots_for(acks);
+    size_t id_offset = sizeof(struct corr_waiter);
+    size_t slots_offset = (id_offset + len + 7) & ~(size_t)7;
+    struct corr_waiter *w = malloc(slots_offset + slots * sizeof(ck_ring_buffer_t));
+
+    if (w == NULL)
+        return NULL;
+    memset(w, 0, sizeof(*w));
+    memcpy(w->id, id, len);
+    key_init(engine, &w->key, w->id, len);
+    w->armed = 1;
+    w->acks = acks;
+    w->shard = shard_of(engine, w->key.hash);
+    w->data = data;
+    w->slots = (ck_ring_buffer_t *)((char *)w + slots_offset);
+    ck_ring_init(&w->ring, slots);
+    return w;
+}
+
+static bool pending_reserve(struct corr_engine *engine)
+{
+    /* Relaxed counting is enough: the limit is a capacity bound, not a synchronisation point. */
+    uint64_t before = ck_pr_faa_64(&engine->pending, 1);
+    if (engine->config.max_pending != 0 && before >= engine->config.max_pending) {
+        ck_pr_dec_64(&engine->pending);
+        return false;
+    }
+    return true;
+}
+
+/* Insert @w, replacing a waiter of the same id whose owner has closed it but not yet unlinked it. */
+static int shard_insert(struct shard *shard, struct corr_waiter *w)
+{
+    int err = 0;
+
+    pthread_mutex_lock(&shard->writer_lock);
+    struct corr_waiter *existing = ck_hs_get(&shard->set, w->key.hash, &w->key);
+    if (existing != NULL && (ck_pr_load_uint(&existing->state) & STATE_CLOSED) == 0) {
+        err = -EEXIST;
+    } else if (existing != NULL) {
+        void *previous;
+        if (!ck_hs_set(&shard->set, w->key.hash, w, &previous))
+            err = -ENOMEM;
+    } else if (!ck_hs_put(&shard->set, w->key.hash, w)) {
+        err = -ENOMEM;
+    }
+    pthread_mutex_unlock(&shard->writer_lock);
+    return err;
+}
+
+int corr_waiter_add(struct corr_engine *engine, const void *id, size_t id_len, unsigned acks, void *data,
+                    struct corr_waiter **out)
+{
+    if (id == NULL || !id_length_valid(engine, id_len) || acks < 1 || acks > CORR_ACKS_MAX)
+        return -EINVAL;
+
+    struct corr_waiter *w = waiter_alloc(engine, id, id_len, acks, data);
+    if (w == NULL)
+        return -ENOMEM;
+    struct shard *shard = &engine->shards[w->shard];
+    if (!pending_reserve(engine)) {
+        free(w);
+        counter_add(&shard->counters.rejected);
+        return -ENOSPC;
+    }
+
+    /*
+     * ck_hs_put publishes the waiter to lock-free readers; ck_hs issues a store fence before the
+     * slot store, so a reader that finds the pointer sees the initialised waiter and ring.
+     */
+    int err = shard_insert(shard, w);
+    if (err != 0) {
+        ck_pr_dec_64(&engine->pending);
+        free(w);
+        if (err == -EEXIST)
+            counter_add(&shard->counters.rejected);
+        return err;
+    }
+    counter_add(&shard->counters.added);
+    *out = w;
+    return 0;
+}
+
+/* Take the producer lock; returns false, without the lock, once the waiter is closed. */
+static bool producer_lock(struct corr_waiter *w)
+{
+    for (unsigned spins = 0;; spins++) {
+        unsigned state = ck_pr_load_uint(&w->state);
+        if (state & STATE_CLOSED)
+            return false;
+        if ((state & STATE_LOCKED) == 0 && ck_pr_cas_uint(&w->state, state, state | STATE_LOCKED)) {
+            /* Acquire, paired with producer_unlock: see the previous holder's ring and counter writes. */
+            ck_pr_fence_lock();
+            return true;
+        }
+        if (spins < 64)
+            ck_pr_stall();
+        else
+            sched_yield(); /* the holder may be preempted; with 2 cores spinning only delays it */
+    }
+}
+
+static void producer_unlock(struct corr_waiter *w)
+{
+    /*
+     * Release, paired with producer_lock and with the acquire in corr_waiter_close: the enqueue
+     * and `accepted` update become visible before the lock bit clears. An atomic AND keeps a
+     * CLOSED bit that the owner set meanwhile.
+     */
+    ck_pr_fence_unlock();
+    ck_pr_and_uint(&w->state, ~STATE_LOCKED);
+}
+
+/* Called under the producer lock after a successful enqueue. */
+static void wake_if_armed(struct corr_engine *engine, struct corr_waiter *w)
+{
+    /*
+     * Store-load handshake with corr_waiter_take: the enqueue (a store to the ring's producer
+     * index) must be ordered before the read of `armed`, or both sides could miss each other.
+     */
+    ck_pr_fence_store_atomic();
+    if (ck_pr_fas_uint(&w->armed, 0) == 1)
+        engine->config.wake(w, w->data, engine->config.data);
+}
+
+static int deliver_locked(struct corr_engine *engine, struct corr_waiter *w, void *payload)
+{
+    if (w->accepted >= w->acks)
+        return CORR_ACK_FULL;
+    /* I3: accepted < acks < ring capacity, so the enqueue cannot fail. */
+    if (!ck_ring_enqueue_spsc(&w->ring, w->slots, payload))
+        return CORR_ACK_FULL;
+    w->accepted++;
+    wake_if_armed(engine, w);
+    return CORR_ACK_DELIVERED;
+}
+
+int corr_engine_ack(struct corr_engine *engine, const void *id, size_t id_len, void *payload)
+{
+    if (id == NULL || payload == NULL || !id_length_valid(engine, id_len))
+        return -EINVAL;
+
+    struct corr_key key;
+    key_init(engine, &key, id, id_len);
+    struct shard *shard = &engine->shards[shard_of(engine, key.hash)];
+    int result = CORR_ACK_NO_WAITER;
+
+    /* I5: the waiter found here stays allocated until rcu_read_unlock, even if it is unlinked now. */
+    rcu_read_lock();
+    struct corr_waiter *w = ck_hs_get(&shard->set, key.hash, &key);
+    if (w != NULL && producer_lock(w)) {
+        result = deliver_locked(engine, w, payload);
+        producer_unlock(w);
+    }
+    rcu_read_unlock();
+
+    if (result == CORR_ACK_DELIVERED)
+        counter_add(&shard->counters.delivered);
+    else if (result == CORR_ACK_FULL)
+        counter_add(&shard->counters.full);
+    else
+        counter_add(&shard->counters.no_waiter);
+    return result;
+}
+
+void *corr_waiter_take(struct corr_waiter *w)
+{
+    void *payload;
+
+    if (ck_ring_dequeue_spsc(&w->ring, w->slots, &payload))
+        return payload;
+
+    /*
+     * Re-arm, then look again. The full fence pairs with the one in wake_if_armed: either this
+     * dequeue sees a concurrent enqueue, or that producer sees armed == 1 and calls wake.
+     */
+    ck_pr_store_uint(&w->armed, 1);
+    ck_pr_fence_store_load();
+    if (ck_ring_dequeue_spsc(&w->ring, w->slots, &payload))
+        return payload;
+    return NULL;
+}
+
+static void shard_unlink(struct shard *shard, struct corr_waiter *w)
+{
+    pthread_mutex_lock(&shard->writer_lock);
+    /* A newer waiter for the same id may already have replaced this one (shard_insert). */
+    if (ck_hs_get(&shard->set, w->key.hash, &w->key) == w)
+        ck_hs_remove(&shard->set, w->key.hash, &w->key);
+    if (++shard->unlinks % GC_EVERY_UNLINKS == 0)
+        ck_hs_gc(&shard->set, 0, 0); /* keeps probe bounds short under id churn */
+    pthread_mutex_unlock(&shard->writer_lock);
+}
+
+void corr_waiter_close(struct corr_engine *engine, struct corr_waiter *w)
+{
+    if (w->unlinked)
+        return;
+    w->unlinked = true;
+
+    /* I2: after CLOSED is set no producer can take the lock, so wait out the one inside, if any. */
+    ck_pr_or_uint(&w->state, STATE_CLOSED);
+    for (unsigned spins = 0; ck_pr_load_uint(&w->state) & STATE_LOCKED; spins++) {
+        if (spins < 64)
+            ck_pr_stall();
+        else
+            sched_yield();
+    }
+    /* Acquire, paired with producer_unlock: the drain that follows sees every enqueued payload. */
+    ck_pr_fence_acquire();
+
+    shard_unlink(&engine->shards[w->shard], w);
+    ck_pr_dec_64(&engine->pending);
+}
+
+static void waiter_free_now(struct rcu_head *head)
+{
+    free(caa_container_of(head, struct corr_waiter, rcu));
+}
+
+static void waiter_release_payloads(struct corr_engine *engine, struct corr_waiter *w)
+{
+    void *payload;
+
+    while (ck_ring_dequeue_spsc(&w->ring, w->slots, &payload)) {
+        counter_add(&engine->shards[w->shard].counters.released);
+        if (engine->config.payload_free != NULL)
+            engine->config.payload_free(payload, engine->config.data);
+    }
+}
+
+void corr_waiter_destroy(struct corr_engine *engine, struct corr_waiter *w)
+{
+    corr_waiter_close(engine, w);
+    waiter_release_payloads(engine, w);
+    /* I5: acks that looked the waiter up before the unlink may still be reading it. */
+    call_rcu(&w->rcu, waiter_free_now);
+}
+
+void *corr_waiter_data(const struct corr_waiter *w)
+{
+    return w->data;
+}
+
+const void *corr_waiter_id(const struct corr_waiter *w, size_t *len)
+{
+    *len = w->key.len;
+    return w->id;
+}
+
+void corr_engine_destroy(struct corr_engine *engine)
+{
+    if (engine == NULL)
+        return;
+
+    /* The caller guarantees that no other thread uses the engine, so waiters can go at once. */
+    for (unsigned i = 0; i < engine->config.shards; i++) {
+        struct shard *shard = &engine->shards[i];
+        ck_hs_iterator_t it = CK_HS_ITERATOR_INITIALIZER;
+        void *object;
+        while (ck_hs_next(&shard->set, &it, &object)) {
+            struct corr_waiter *w = object;
+            waiter_release_payloads(engine, w);
+            free(w);
+        }
+    }
+    /* Run every deferred map and waiter reclamation before the maps themselves go. */
+    rcu_barrier();
+    for (unsigned i = 0; i < engine->config.shards; i++) {
+        ck_hs_destroy(&engine->shards[i].set);
+        pthread_mutex_destroy(&engine->shards[i].writer_lock);
+    }
+    free(engine->shards);
+    free(engine);
+}
+
+void corr_engine_stats(const struct corr_engine *engine, struct corr_stats *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->pending = ck_pr_load_64(&engine->pending);
+    for (unsigned i = 0; i < engine->config.shards; i++) {
+        const struct shard_counters *c = &engine->shards[i].counters;
+        out->waiters_added += ck_pr_load_64(&c->added);
+        out->waiters_rejected += ck_pr_load_64(&c->rejected);
+        out->acks_delivered += ck_pr_load_64(&c->delivered);
+        out->acks_no_waiter += ck_pr_load_64(&c->no_waiter);
+        out->acks_full += ck_pr_load_64(&c->full);
+        out->payloads_released += ck_pr_load_64(&c->released);
+    }
+}
+
+const char *corr_strerror(int code)
+{
+    switch (code) {
+    case CORR_ACK_DELIVERED:
+        return "delivered";
+    case CORR_ACK_NO_WAITER:
+        return "no waiter is pending for this id";
+    case CORR_ACK_FULL:
+        return "the waiter's ring is full; ack dropped";
+    case -EINVAL:
+        return "invalid argument";
+    case -EEXIST:
+        return "a waiter for this id is already pending";
+    case -ENOSPC:
+        return "too many pending waiters";
+    case -ENOMEM:
+        return "out of memory";
+    default:
+        return code < 0 ? strerror(-code) : "unknown result";
+    }
+}
