@@ -8,6 +8,7 @@
 #include <h2o.h>
 #include "corr.h"
 #include "ids.h"
+#include "metrics.h"
 #include "timers.h"
 
 #define CORRD_MODULE "corrd"
@@ -27,10 +28,17 @@ struct corrd_options {
     size_t max_id_bytes;
     size_t max_pending;
     uint64_t drain_ms;
+    uint64_t shutdown_delay_ms;
+    unsigned max_resets_per_sec;
+    int log_level;
+    const char *access_log;
+    const char *tls_cert;
+    const char *tls_key;
 };
 
 /* A payload that an ack carries from the acker's thread to the waiter's thread. */
 struct corrd_ack_msg {
+    uint64_t delivered_at_us; /* monotonic time just before the engine took it */
     size_t len;
     size_t content_type_len; /* 0 when the ack had no Content-Type */
     char *content_type;      /* points into bytes[] after the body */
@@ -50,16 +58,18 @@ struct corrd_held {
     int watched_fd;              /* HTTP/1 socket watched for EPOLLRDHUP, or -1 */
     struct corrd_timer timer;
     uint64_t timeout_ms;
+    uint64_t started_at_us;
     struct corrd_ack_msg *answer; /* body being sent; freed when the request is disposed */
 };
 
-/* Per-worker counters; written by the worker thread only. */
-struct corrd_worker_counters {
-    uint64_t started, answered, timed_out, cancelled, shutdown_answered;
-    uint64_t acks_delivered, acks_no_waiter, acks_full, acks_lost_to_gone_client;
+/* An accepted connection, tracked so that shutdown can close idle ones and resets are limited. */
+struct corrd_conn {
+    h2o_socket_t *sock;
+    struct corrd_worker *worker;
+    struct corrd_conn *prev, *next;
+    uint64_t reset_window_ms; /* start of the current one-second window of held-stream resets */
+    unsigned resets_in_window;
 };
-
-struct corrd_conn;
 
 struct corrd_worker {
     unsigned index;
@@ -90,7 +100,7 @@ struct corrd_worker {
     bool draining;
     uint64_t drain_started_ms;
     bool exited;
-    struct corrd_worker_counters counters;
+    struct corrd_metrics metrics;
 };
 
 struct corrd_server {
@@ -98,12 +108,14 @@ struct corrd_server {
     struct corr_engine *engine;
     h2o_globalconf_t globalconf;
     struct corrd_worker *workers;
+    SSL_CTX *ssl_ctx;     /* NULL unless --tls-cert and --tls-key are given */
+    unsigned not_ready;   /* 1 after a stop signal: /readyz answers 503; ck_pr atomics only */
 };
 
 extern struct corrd_server corrd;
 
 /* http/handlers.c */
-void corrd_handlers_register(h2o_globalconf_t *conf);
+int corrd_handlers_register(h2o_globalconf_t *conf, const char *access_log);
 void corrd_wake_cb(struct corr_waiter *waiter, void *waiter_data, void *engine_data);
 void corrd_payload_free_cb(void *payload, void *engine_data);
 void corrd_worker_drain_inbox(struct corrd_worker *worker);
@@ -113,7 +125,30 @@ void corrd_held_shutdown(struct corrd_held *held);
 
 /* http/server.c */
 uint64_t corrd_now_ms(void);
-void corrd_log(const char *level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+uint64_t corrd_now_us(void);
+enum corrd_log_level {
+    CORRD_LOG_DEBUG,
+    CORRD_LOG_INFO,
+    CORRD_LOG_WARN,
+    CORRD_LOG_ERROR,
+};
+
+/*
+ * Log one logfmt line to stderr: ts=... level=... followed by @fmt, which should be key=value
+ * pairs. Lines below --log-level are skipped.
+ */
+void corrd_log(enum corrd_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Per-call-site limit for repeated log lines: at most CORRD_LOG_BURST lines per second. */
+struct corrd_log_limit {
+    uint64_t window_ms;
+    unsigned lines;
+    unsigned suppressed;
+};
+#define CORRD_LOG_BURST 10
+void corrd_log_limited(struct corrd_log_limit *limit, enum corrd_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void corrd_conn_note_reset(h2o_conn_t *conn);
 int corrd_server_start(void);
 void corrd_server_request_shutdown(void);
 unsigned corrd_server_workers_exited(void);

@@ -121,6 +121,9 @@ static void send_retry_later(h2o_req_t *req, const char *message)
 
 void corrd_payload_free_cb(void *payload, void *engine_data)
 {
+    /* Runs from corr_waiter_destroy on the owner's thread, or from engine teardown at exit. */
+    if (corrd_current_worker != NULL)
+        corrd_metrics_count(&corrd_current_worker->metrics, CORRD_ACKS_LOST);
     free(payload);
 }
 
@@ -134,6 +137,7 @@ static void held_detach(struct corrd_held *held)
     if (held->waiter != NULL) {
         corr_waiter_destroy(corrd.engine, held->waiter);
         held->waiter = NULL;
+        corrd_metrics_pending_add(&worker->metrics, -1);
     }
 }
 
@@ -141,9 +145,14 @@ static void held_answer_with_ack(struct corrd_held *held, struct corrd_ack_msg *
 {
     h2o_req_t *req = held->req;
 
+    struct corrd_metrics *metrics = &held->worker->metrics;
+    uint64_t now_us = corrd_now_us();
+
     held_detach(held);
     held->answer = msg; /* freed by on_held_dispose, after h2o has sent the body */
-    held->worker->counters.answered++;
+    corrd_metrics_count(metrics, CORRD_WAITERS_ANSWERED);
+    corrd_metrics_observe_wait(metrics, now_us - held->started_at_us);
+    corrd_metrics_observe_ack_latency(metrics, now_us - msg->delivered_at_us);
     if (msg->content_type_len != 0)
         add_header(req, H2O_TOKEN_CONTENT_TYPE, msg->content_type, msg->content_type_len);
     send_body(req, 200, "OK", msg->bytes, msg->len);
@@ -176,7 +185,8 @@ void corrd_held_expire(struct corrd_held *held)
         held_answer_with_ack(held, msg);
         return;
     }
-    held->worker->counters.timed_out++;
+    corrd_metrics_count(&held->worker->metrics, CORRD_WAITERS_TIMED_OUT);
+    corrd_metrics_observe_wait(&held->worker->metrics, corrd_now_us() - held->started_at_us);
     held_send_id_text(held, 504, "timed out: no ack for id '%s' within %llu ms");
 }
 
@@ -189,7 +199,7 @@ void corrd_held_shutdown(struct corrd_held *held)
         held_answer_with_ack(held, msg);
         return;
     }
-    held->worker->counters.shutdown_answered++;
+    corrd_metrics_count(&held->worker->metrics, CORRD_WAITERS_SHUTDOWN);
     add_header(held->req, H2O_TOKEN_RETRY_AFTER, H2O_STRLIT("1"));
     held_send_id_text(held, 503, "server is shutting down: waiter for id '%s' (timeout %llu ms) released");
 }
@@ -200,7 +210,7 @@ void corrd_held_client_gone(struct corrd_held *held)
 
     /* A payload delivered just before the close has no reader left; destroy frees and counts it. */
     corr_waiter_close(corrd.engine, held->waiter);
-    held->worker->counters.cancelled++;
+    corrd_metrics_count(&held->worker->metrics, CORRD_WAITERS_CANCELLED);
     held_detach(held);
     /* h2o has stopped reading this HTTP/1 connection; answering with close makes it tear down. */
     req->http1_is_persistent = 0;
@@ -211,12 +221,16 @@ static void on_held_dispose(void *slot)
 {
     struct corrd_held *held = *(struct corrd_held **)slot;
 
+    h2o_req_t *req = held->req;
+
     held->req = NULL;
     if (held->waiter != NULL) {
         /* The client went away (HTTP/2 reset, connection closed): remove the waiter now. */
         corr_waiter_close(corrd.engine, held->waiter);
-        held->worker->counters.cancelled++;
+        corrd_metrics_count(&held->worker->metrics, CORRD_WAITERS_CANCELLED);
         held_detach(held);
+        if (req->version >= 0x200)
+            corrd_conn_note_reset(req->conn);
     }
     free(held->answer);
     held->answer = NULL;
@@ -297,6 +311,14 @@ void corrd_worker_drain_inbox(struct corrd_worker *worker)
     }
 }
 
+static void count_invalid(const struct corrd_target *target)
+{
+    struct corrd_metrics *metrics = &corrd_current_worker->metrics;
+
+    corrd_metrics_count(metrics, target->endpoint == CORRD_ENDPOINT_START ? CORRD_WAITERS_REJECTED_INVALID
+                                                                          : CORRD_ACKS_REJECTED_INVALID);
+}
+
 static int decode_id(h2o_req_t *req, const struct corrd_target *target, char **id, size_t *id_len)
 {
     const char *error;
@@ -304,8 +326,10 @@ static int decode_id(h2o_req_t *req, const struct corrd_target *target, char **i
 
     *id = h2o_mem_alloc_pool(&req->pool, max);
     int status = corrd_id_decode(target->id_raw, target->id_raw_len, max, *id, id_len, &error);
-    if (status != 0)
+    if (status != 0) {
+        count_invalid(target);
         send_error(req, status, error);
+    }
     return status;
 }
 
@@ -322,10 +346,12 @@ static int handle_start(h2o_req_t *req, const struct corrd_target *target)
     int status = corrd_start_query_parse(target->query, target->query_len, corrd.options.default_timeout_ms,
                                          corrd.options.max_timeout_ms, &timeout_ms, &error);
     if (status != 0) {
+        count_invalid(target);
         send_error(req, status, error);
         return 0;
     }
     if (worker->draining) {
+        corrd_metrics_count(&worker->metrics, CORRD_WAITERS_REJECTED_DRAINING);
         send_retry_later(req, "server is shutting down; retry on another node");
         return 0;
     }
@@ -340,18 +366,25 @@ static int handle_start(h2o_req_t *req, const struct corrd_target *target)
     held->watched_fd = -1;
     held->timer.index = CORRD_TIMER_UNLINKED;
     held->timeout_ms = timeout_ms;
+    held->started_at_us = corrd_now_us();
 
     int err = corr_waiter_add(corrd.engine, id, id_len, 1, held, &held->waiter);
     if (err != 0) {
         free(held);
         char printable[300];
         id_printable(id, id_len, printable, sizeof(printable));
-        if (err == -EEXIST)
+        if (err == -EEXIST) {
+            corrd_metrics_count(&worker->metrics, CORRD_WAITERS_REJECTED_CONFLICT);
             send_text(req, 409, "Conflict", "a waiter for id '%s' is already pending", printable);
-        else if (err == -ENOSPC)
+        } else if (err == -ENOSPC) {
+            corrd_metrics_count(&worker->metrics, CORRD_WAITERS_REJECTED_LIMIT);
             send_retry_later(req, "too many pending waiters (--max-pending reached); retry later");
-        else
+        } else {
+            static struct corrd_log_limit limit;
+            corrd_log_limited(&limit, CORRD_LOG_ERROR, "msg=\"cannot add waiter\" id=\"%s\" error=\"%s\"", printable,
+                              corr_strerror(err));
             send_text(req, 500, "Internal Server Error", "cannot add waiter: %s", corr_strerror(err));
+        }
         return 0;
     }
 
@@ -361,7 +394,8 @@ static int handle_start(h2o_req_t *req, const struct corrd_target *target)
         h2o_fatal("out of memory for the timer heap");
     if (req->version < 0x200)
         corrd_rdhup_watch(held);
-    worker->counters.started++;
+    corrd_metrics_count(&worker->metrics, CORRD_WAITERS_STARTED);
+    corrd_metrics_pending_add(&worker->metrics, 1);
     return 0;
 }
 
@@ -398,10 +432,12 @@ static int handle_ack(h2o_req_t *req, const struct corrd_target *target)
         return 0;
     int status = corrd_ack_query_parse(target->query, target->query_len, &error);
     if (status != 0) {
+        count_invalid(target);
         send_error(req, status, error);
         return 0;
     }
     if (req->entity.base != NULL && req->entity.len > corrd.options.max_ack_bytes) {
+        corrd_metrics_count(&worker->metrics, CORRD_ACKS_REJECTED_TOO_LARGE);
         send_text(req, 413, "Payload Too Large", "ack body of %zu bytes exceeds --max-ack-bytes (%zu)",
                   req->entity.len, corrd.options.max_ack_bytes);
         return 0;
@@ -412,6 +448,7 @@ static int handle_ack(h2o_req_t *req, const struct corrd_target *target)
         return 0;
     }
 
+    msg->delivered_at_us = corrd_now_us();
     int result = corr_engine_ack(corrd.engine, id, id_len, msg);
     if (result != CORR_ACK_DELIVERED)
         free(msg);
@@ -423,19 +460,20 @@ static int handle_ack(h2o_req_t *req, const struct corrd_target *target)
     id_printable(id, id_len, printable, sizeof(printable));
     switch (result) {
     case CORR_ACK_DELIVERED:
-        worker->counters.acks_delivered++;
+        corrd_metrics_count(&worker->metrics, CORRD_ACKS_DELIVERED);
         send_text(req, 202, "Accepted", "delivered to the waiter for id '%s'", printable);
         break;
     case CORR_ACK_NO_WAITER:
-        worker->counters.acks_no_waiter++;
+        corrd_metrics_count(&worker->metrics, CORRD_ACKS_NO_WAITER);
         send_text(req, 404, "Not Found", "no waiter is pending for id '%s'; ack discarded", printable);
         break;
     case CORR_ACK_FULL:
-        worker->counters.acks_full++;
+        corrd_metrics_count(&worker->metrics, CORRD_ACKS_FULL);
         send_text(req, 429, "Too Many Requests", "the waiter for id '%s' already has its ack; ack dropped",
                   printable);
         break;
     default:
+        corrd_metrics_count(&worker->metrics, CORRD_ACKS_REJECTED_INVALID);
         send_text(req, 400, "Bad Request", "invalid ack: %s", corr_strerror(result));
         break;
     }
@@ -448,17 +486,49 @@ static int method_allowed(const h2o_req_t *req)
            h2o_memis(req->method.base, req->method.len, H2O_STRLIT("POST"));
 }
 
+/* Serve /metrics, /healthz and /readyz; returns 0 when @req was one of them. */
+static int handle_operational(h2o_req_t *req)
+{
+    h2o_iovec_t path = req->path_normalized;
+
+    if (!h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET")))
+        return -1;
+    if (h2o_memis(path.base, path.len, H2O_STRLIT("/metrics"))) {
+        h2o_iovec_t body = corrd_metrics_render(&req->pool);
+        add_header(req, H2O_TOKEN_CONTENT_TYPE, H2O_STRLIT("text/plain; version=0.0.4; charset=utf-8"));
+        send_body(req, 200, "OK", body.base, body.len);
+        return 0;
+    }
+    if (h2o_memis(path.base, path.len, H2O_STRLIT("/healthz"))) {
+        send_text(req, 200, "OK", "ok");
+        return 0;
+    }
+    if (h2o_memis(path.base, path.len, H2O_STRLIT("/readyz"))) {
+        if (ck_pr_load_uint(&corrd.not_ready))
+            send_retry_later(req, "draining: the server is shutting down");
+        else
+            send_text(req, 200, "OK", "ready");
+        return 0;
+    }
+    return -1;
+}
+
 static int on_req(h2o_handler_t *self, h2o_req_t *req)
 {
+    struct corrd_metrics *metrics = &corrd_current_worker->metrics;
     struct corrd_target target;
     const char *error;
 
+    if (handle_operational(req) == 0)
+        return 0;
     int status = corrd_target_parse(req->input.path.base, req->input.path.len, &target, &error);
     if (status != 0) {
+        corrd_metrics_count(metrics, status == 404 ? CORRD_REQUESTS_NOT_FOUND : CORRD_WAITERS_REJECTED_INVALID);
         send_error(req, status, error);
         return 0;
     }
     if (!method_allowed(req)) {
+        corrd_metrics_count(metrics, CORRD_REQUESTS_BAD_METHOD);
         add_header(req, H2O_TOKEN_ALLOW, H2O_STRLIT("GET, POST"));
         send_error(req, 405, "method not allowed: use GET or POST");
         return 0;
@@ -468,10 +538,20 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     return handle_ack(req, &target);
 }
 
-void corrd_handlers_register(h2o_globalconf_t *conf)
+int corrd_handlers_register(h2o_globalconf_t *conf, const char *access_log)
 {
     h2o_hostconf_t *host = h2o_config_register_host(conf, h2o_iovec_init(H2O_STRLIT("default")), 65535);
     h2o_pathconf_t *path = h2o_config_register_path(host, "/", 0);
     h2o_handler_t *handler = h2o_create_handler(path, sizeof(*handler));
+
     handler->on_req = on_req;
+    if (access_log != NULL) {
+        h2o_access_log_filehandle_t *log = h2o_access_log_open_handle(access_log, NULL, H2O_LOGCONF_ESCAPE_APACHE);
+        if (log == NULL) {
+            corrd_log(CORRD_LOG_ERROR, "msg=\"cannot open --access-log\" path=\"%s\"", access_log);
+            return -1;
+        }
+        h2o_access_log_register(path, log);
+    }
+    return 0;
 }

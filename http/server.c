@@ -27,13 +27,6 @@
 struct corrd_server corrd;
 __thread struct corrd_worker *corrd_current_worker;
 
-/* An accepted connection, tracked so that shutdown can count and close them. */
-struct corrd_conn {
-    h2o_socket_t *sock;
-    struct corrd_worker *worker;
-    struct corrd_conn *prev, *next;
-};
-
 static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
 static unsigned workers_ready;  /* ck_pr atomics only */
 static unsigned workers_exited; /* ck_pr atomics only */
@@ -46,23 +39,68 @@ uint64_t corrd_now_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-void corrd_log(const char *level, const char *fmt, ...)
+static const char *const level_names[] = {"debug", "info", "warn", "error"};
+
+static void log_line(enum corrd_log_level level, const char *suffix, const char *fmt, va_list args)
 {
     struct timespec ts;
     struct tm tm;
     char stamp[64];
-    va_list args;
 
     clock_gettime(CLOCK_REALTIME, &ts);
     gmtime_r(&ts.tv_sec, &tm);
     strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm);
-    pthread_mutex_lock(&log_lock);
-    fprintf(stderr, "ts=%s.%03ldZ level=%s ", stamp, ts.tv_nsec / 1000000, level);
-    va_start(args, fmt);
+    fprintf(stderr, "ts=%s.%03ldZ level=%s ", stamp, ts.tv_nsec / 1000000, level_names[level]);
     vfprintf(stderr, fmt, args);
-    va_end(args);
-    fputc('\n', stderr);
+    fprintf(stderr, "%s\n", suffix);
     fflush(stderr);
+}
+
+uint64_t corrd_now_us(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+void corrd_log(enum corrd_log_level level, const char *fmt, ...)
+{
+    va_list args;
+
+    if ((int)level < corrd.options.log_level)
+        return;
+    pthread_mutex_lock(&log_lock);
+    va_start(args, fmt);
+    log_line(level, "", fmt, args);
+    va_end(args);
+    pthread_mutex_unlock(&log_lock);
+}
+
+void corrd_log_limited(struct corrd_log_limit *limit, enum corrd_log_level level, const char *fmt, ...)
+{
+    uint64_t now = corrd_now_ms();
+    char suffix[64] = "";
+    va_list args;
+
+    if ((int)level < corrd.options.log_level)
+        return;
+    pthread_mutex_lock(&log_lock);
+    if (now - limit->window_ms >= 1000) {
+        if (limit->suppressed != 0)
+            snprintf(suffix, sizeof(suffix), " suppressed_before=%u", limit->suppressed);
+        limit->window_ms = now;
+        limit->lines = 0;
+        limit->suppressed = 0;
+    }
+    if (limit->lines < CORRD_LOG_BURST) {
+        limit->lines++;
+        va_start(args, fmt);
+        log_line(level, suffix, fmt, args);
+        va_end(args);
+    } else {
+        limit->suppressed++;
+    }
     pthread_mutex_unlock(&log_lock);
 }
 
@@ -80,7 +118,8 @@ void corrd_rdhup_watch(struct corrd_held *held)
     int epfd = held->worker->rdhup_epoll_fd;
     if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &event) != 0 &&
         (errno != EEXIST || epoll_ctl(epfd, EPOLL_CTL_MOD, fd, &event) != 0)) {
-        corrd_log("warn", "msg=\"cannot watch held request for client close\" fd=%d error=\"%s\"", fd,
+        static struct corrd_log_limit watch_limit;
+        corrd_log_limited(&watch_limit, CORRD_LOG_WARN, "msg=\"cannot watch held request for client close\" fd=%d error=\"%s\"", fd,
                   strerror(errno));
         return;
     }
@@ -157,6 +196,33 @@ static void on_accept(h2o_socket_t *listener, const char *err)
     }
 }
 
+/* Close an HTTP/2 connection whose client resets held streams faster than --max-resets-per-sec. */
+void corrd_conn_note_reset(h2o_conn_t *h2o_conn)
+{
+    h2o_socket_t *sock = h2o_conn->callbacks->get_socket != NULL ? h2o_conn->callbacks->get_socket(h2o_conn) : NULL;
+    static struct corrd_log_limit limit;
+
+    if (sock == NULL || sock->on_close.cb != on_conn_close)
+        return;
+    struct corrd_conn *conn = sock->on_close.data;
+    uint64_t now = corrd_now_ms();
+    if (now - conn->reset_window_ms >= 1000) {
+        conn->reset_window_ms = now;
+        conn->resets_in_window = 0;
+    }
+    if (++conn->resets_in_window != corrd.options.max_resets_per_sec + 1)
+        return;
+    /*
+     * h2o 2.2.5 has no limit on stream resets ("rapid reset"). Shutting the socket down makes h2o
+     * see a read error and tear the connection down through its own path.
+     */
+    corrd_metrics_count(&conn->worker->metrics, CORRD_CONNECTIONS_CLOSED_RESETS);
+    corrd_log_limited(&limit, CORRD_LOG_WARN, "msg=\"closing connection: too many stream resets\" worker=%u fd=%d "
+                      "max_resets_per_sec=%u", conn->worker->index, h2o_socket_get_fd(sock),
+                      corrd.options.max_resets_per_sec);
+    shutdown(h2o_socket_get_fd(sock), SHUT_RDWR);
+}
+
 /* ---- listeners ---- */
 
 static int listen_one(const struct corrd_listen *listen_addr, const char *port, char *bound, size_t bound_size)
@@ -166,7 +232,7 @@ static int listen_one(const struct corrd_listen *listen_addr, const char *port, 
     int rc = getaddrinfo(listen_addr->host[0] != '\0' ? listen_addr->host : NULL, port, &hints, &res);
 
     if (rc != 0) {
-        corrd_log("error", "msg=\"cannot resolve listen address\" host=\"%s\" error=\"%s\"", listen_addr->host,
+        corrd_log(CORRD_LOG_ERROR, "msg=\"cannot resolve listen address\" host=\"%s\" error=\"%s\"", listen_addr->host,
                   gai_strerror(rc));
         return -1;
     }
@@ -175,7 +241,7 @@ static int listen_one(const struct corrd_listen *listen_addr, const char *port, 
     if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) != 0 ||
         setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof(on)) != 0 ||
         bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, LISTEN_BACKLOG) != 0) {
-        corrd_log("error", "msg=\"cannot listen\" host=\"%s\" port=%s error=\"%s\"", listen_addr->host, port,
+        corrd_log(CORRD_LOG_ERROR, "msg=\"cannot listen\" host=\"%s\" port=%s error=\"%s\"", listen_addr->host, port,
                   strerror(errno));
         if (fd >= 0)
             close(fd);
@@ -213,7 +279,8 @@ static int open_listeners(void)
             if (w == 0)
                 snprintf(port, sizeof(port), "%s", strrchr(bound, ':') + 1);
         }
-        corrd_log("info", "msg=listening addr=%s threads=%u protocols=\"http/1.1,h2c\"", bound, opt->threads);
+        corrd_log(CORRD_LOG_INFO, "msg=listening addr=%s threads=%u protocols=\"%s\"", bound, opt->threads,
+                  corrd.ssl_ctx != NULL ? "h2,http/1.1 over TLS" : "http/1.1,h2c");
     }
     return 0;
 }
@@ -302,7 +369,7 @@ static void begin_drain(struct corrd_worker *worker)
         corrd_held_shutdown(H2O_STRUCT_FROM_MEMBER(struct corrd_held, timer, timer));
         released++;
     }
-    corrd_log("info", "msg=\"draining\" worker=%u waiters_released=%zu connections=%zu", worker->index, released,
+    corrd_log(CORRD_LOG_INFO, "msg=\"draining\" worker=%u waiters_released=%zu connections=%zu", worker->index, released,
               worker->connections);
 }
 
@@ -324,7 +391,7 @@ static bool drain_finished(struct corrd_worker *worker)
             shutdown(h2o_socket_get_fd(conn->sock), SHUT_RD);
     }
     if (elapsed >= drain_ms) {
-        corrd_log("warn", "msg=\"drain time over; exiting with connections open\" worker=%u connections=%zu",
+        corrd_log(CORRD_LOG_WARN, "msg=\"drain time over; exiting with connections open\" worker=%u connections=%zu",
                   worker->index, worker->connections);
         return true;
     }
@@ -337,6 +404,7 @@ static void worker_setup(struct corrd_worker *worker)
     h2o_context_init(&worker->ctx, worker->loop, &corrd.globalconf);
     worker->accept_ctx.ctx = &worker->ctx;
     worker->accept_ctx.hosts = corrd.globalconf.hosts;
+    worker->accept_ctx.ssl_ctx = corrd.ssl_ctx;
     corrd_timer_heap_init(&worker->timers);
 
     worker->listeners = calloc(worker->listener_count, sizeof(*worker->listeners));
@@ -394,14 +462,15 @@ int corrd_server_start(void)
     config.payload_free = corrd_payload_free_cb;
     int err = corr_engine_create(&config, &corrd.engine);
     if (err != 0) {
-        corrd_log("error", "msg=\"cannot create engine\" error=\"%s\"", corr_strerror(err));
+        corrd_log(CORRD_LOG_ERROR, "msg=\"cannot create engine\" error=\"%s\"", corr_strerror(err));
         return -1;
     }
 
     h2o_config_init(&corrd.globalconf);
     /* One byte over the limit reaches the handler, which answers 413 with corrd's own message. */
     corrd.globalconf.max_request_entity_size = corrd.options.max_ack_bytes + 1;
-    corrd_handlers_register(&corrd.globalconf);
+    if (corrd_handlers_register(&corrd.globalconf, corrd.options.access_log) != 0)
+        return -1;
 
     corrd.workers = calloc(corrd.options.threads, sizeof(*corrd.workers));
     if (open_listeners() != 0)
