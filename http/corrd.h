@@ -27,6 +27,8 @@ struct corrd_options {
     size_t max_ack_bytes;
     size_t max_id_bytes;
     size_t max_pending;
+    size_t max_url_bytes;
+    size_t max_header_bytes;
     uint64_t drain_ms;
     uint64_t shutdown_delay_ms;
     unsigned max_resets_per_sec;

@@ -57,7 +57,11 @@ static void send_body(h2o_req_t *req, int status, const char *reason, const char
     req->res.content_length = len;
     add_header(req, H2O_TOKEN_CACHE_CONTROL, H2O_STRLIT("no-store"));
     h2o_start_response(req, &plain_generator);
-    h2o_send(req, &buf, 1, H2O_SEND_STATE_FINAL);
+    /* A response to HEAD carries the headers of the full response but never a body. */
+    if (h2o_memis(req->input.method.base, req->input.method.len, H2O_STRLIT("HEAD")))
+        h2o_send(req, NULL, 0, H2O_SEND_STATE_FINAL);
+    else
+        h2o_send(req, &buf, 1, H2O_SEND_STATE_FINAL);
 }
 
 /* Send a one-line text/plain response built from a printf format; a newline is appended. */
@@ -95,6 +99,10 @@ static const char *reason_of(int status)
         return "Conflict";
     case 413:
         return "Payload Too Large";
+    case 414:
+        return "URI Too Long";
+    case 431:
+        return "Request Header Fields Too Large";
     case 429:
         return "Too Many Requests";
     case 499:
@@ -513,15 +521,47 @@ static int handle_operational(h2o_req_t *req)
     return -1;
 }
 
+/*
+ * Answer 414 or 431 for request targets and header blocks over corrd's limits. For the API the
+ * limit applies to what follows /start/ or /ack/, so that both endpoints treat an id alike.
+ * Beyond h2o 2.2.5's own hard limits (about 400 KiB of request head, 100 headers) h2o answers
+ * 400 itself before corrd sees the request.
+ */
+static int check_request_size(h2o_req_t *req, size_t target_len)
+{
+    struct corrd_metrics *metrics = &corrd_current_worker->metrics;
+    size_t header_bytes = 0;
+
+    for (size_t i = 0; i < req->headers.size; i++)
+        header_bytes += req->headers.entries[i].name->len + req->headers.entries[i].value.len + 4;
+    if (header_bytes > corrd.options.max_header_bytes) {
+        corrd_metrics_count(metrics, CORRD_REQUESTS_HEADERS_TOO_LARGE);
+        send_text(req, 431, "Request Header Fields Too Large",
+                  "request headers of %zu bytes exceed --max-header-bytes (%zu)", header_bytes,
+                  corrd.options.max_header_bytes);
+        return -1;
+    }
+    if (target_len > corrd.options.max_url_bytes) {
+        corrd_metrics_count(metrics, CORRD_REQUESTS_URL_TOO_LONG);
+        send_text(req, 414, "URI Too Long", "request target of %zu bytes exceeds --max-url-bytes (%zu)", target_len,
+                  corrd.options.max_url_bytes);
+        return -1;
+    }
+    return 0;
+}
+
 static int on_req(h2o_handler_t *self, h2o_req_t *req)
 {
     struct corrd_metrics *metrics = &corrd_current_worker->metrics;
     struct corrd_target target;
     const char *error;
 
-    if (handle_operational(req) == 0)
-        return 0;
     int status = corrd_target_parse(req->input.path.base, req->input.path.len, &target, &error);
+    size_t target_len = status == 0 ? target.id_raw_len + target.query_len : req->input.path.len;
+    if (check_request_size(req, target_len) != 0)
+        return 0;
+    if (status != 0 && handle_operational(req) == 0)
+        return 0;
     if (status != 0) {
         corrd_metrics_count(metrics, status == 404 ? CORRD_REQUESTS_NOT_FOUND : CORRD_WAITERS_REJECTED_INVALID);
         send_error(req, status, error);

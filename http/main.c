@@ -23,6 +23,8 @@ enum option_id {
     OPT_MAX_ACK_BYTES,
     OPT_MAX_ID_BYTES,
     OPT_MAX_PENDING,
+    OPT_MAX_URL_BYTES,
+    OPT_MAX_HEADER_BYTES,
     OPT_DRAIN_MS,
     OPT_SHUTDOWN_DELAY,
     OPT_MAX_RESETS,
@@ -42,6 +44,8 @@ static const struct option long_options[] = {
     {"max-ack-bytes", required_argument, NULL, OPT_MAX_ACK_BYTES},
     {"max-id-bytes", required_argument, NULL, OPT_MAX_ID_BYTES},
     {"max-pending", required_argument, NULL, OPT_MAX_PENDING},
+    {"max-url-bytes", required_argument, NULL, OPT_MAX_URL_BYTES},
+    {"max-header-bytes", required_argument, NULL, OPT_MAX_HEADER_BYTES},
     {"drain-ms", required_argument, NULL, OPT_DRAIN_MS},
     {"shutdown-delay-ms", required_argument, NULL, OPT_SHUTDOWN_DELAY},
     {"max-resets-per-sec", required_argument, NULL, OPT_MAX_RESETS},
@@ -74,6 +78,10 @@ static void usage(FILE *out, unsigned default_threads)
             "                             default 256)\n"
             "  --max-pending N            pending waiters allowed at once; more get 503\n"
             "                             (1-100000000, default 100000)\n"
+            "  --max-url-bytes BYTES      longest request target (path and query); longer ones get\n"
+            "                             414 (bytes, 64-262144, default 8192)\n"
+            "  --max-header-bytes BYTES   largest request header block; larger ones get 431\n"
+            "                             (bytes, 256-262144, default 16384)\n"
             "  --drain-ms MS              on SIGTERM or SIGINT, how long to wait for connections\n"
             "                             to finish before exiting (milliseconds, 0-600000,\n"
             "                             default 5000)\n"
@@ -136,6 +144,8 @@ static int parse_listen(const char *value, struct corrd_listen *out)
     return 0;
 }
 
+static int default_timeout_given; /* --default-timeout-ms or its variable was set */
+
 static const char *const log_levels[] = {"debug", "info", "warn", "error"};
 
 static int parse_log_level(const char *value, int *out)
@@ -183,6 +193,7 @@ static int apply_option(int id, const char *value, int from_env)
         opt->threads = (unsigned)v;
         return rc;
     case OPT_DEFAULT_TIMEOUT:
+        default_timeout_given = 1;
         return parse_number("default-timeout-ms", value, 1, 86400000, &opt->default_timeout_ms);
     case OPT_MAX_TIMEOUT:
         return parse_number("max-timeout-ms", value, 1, 86400000, &opt->max_timeout_ms);
@@ -197,6 +208,14 @@ static int apply_option(int id, const char *value, int from_env)
     case OPT_MAX_PENDING:
         rc = parse_number("max-pending", value, 1, 100000000, &v);
         opt->max_pending = v;
+        return rc;
+    case OPT_MAX_URL_BYTES:
+        rc = parse_number("max-url-bytes", value, 64, 262144, &v);
+        opt->max_url_bytes = v;
+        return rc;
+    case OPT_MAX_HEADER_BYTES:
+        rc = parse_number("max-header-bytes", value, 256, 262144, &v);
+        opt->max_header_bytes = v;
         return rc;
     case OPT_DRAIN_MS:
         return parse_number("drain-ms", value, 0, 600000, &opt->drain_ms);
@@ -248,6 +267,9 @@ static int check_options(void)
         fprintf(stderr, "corrd: --tls-cert and --tls-key must be given together\n");
         return -1;
     }
+    /* Without an explicit default, the default timeout is capped like any requested timeout. */
+    if (!default_timeout_given && opt->default_timeout_ms > opt->max_timeout_ms)
+        opt->default_timeout_ms = opt->max_timeout_ms;
     if (opt->default_timeout_ms > opt->max_timeout_ms) {
         fprintf(stderr, "corrd: invalid value %" PRIu64 " for --default-timeout-ms: it must not exceed "
                 "--max-timeout-ms (%" PRIu64 ")\n", opt->default_timeout_ms, opt->max_timeout_ms);
@@ -271,6 +293,8 @@ static int parse_options(int argc, char **argv)
     opt->max_ack_bytes = 1048576;
     opt->max_id_bytes = 256;
     opt->max_pending = 100000;
+    opt->max_url_bytes = 8192;
+    opt->max_header_bytes = 16384;
     opt->drain_ms = 5000;
     opt->max_resets_per_sec = 500;
     opt->log_level = CORRD_LOG_INFO;

@@ -158,6 +158,8 @@ h2o_iovec_t corrd_metrics_render(h2o_mem_pool_t *pool)
     static const struct labelled_counter other[] = {
         {CORRD_REQUESTS_NOT_FOUND, "not_found"},
         {CORRD_REQUESTS_BAD_METHOD, "method_not_allowed"},
+        {CORRD_REQUESTS_URL_TOO_LONG, "url_too_long"},
+        {CORRD_REQUESTS_HEADERS_TOO_LARGE, "headers_too_large"},
     };
     static const struct labelled_counter resets[] = {{CORRD_CONNECTIONS_CLOSED_RESETS, NULL}};
 
@@ -170,7 +172,7 @@ h2o_iovec_t corrd_metrics_render(h2o_mem_pool_t *pool)
                 acks_rejected, 2);
     emit_family(&t, "corr_acks_lost_total", "Delivered acks whose waiter's client left before the answer.", NULL, lost,
                 1);
-    emit_family(&t, "corr_requests_rejected_total", "Requests outside the API, by reason.", "reason", other, 2);
+    emit_family(&t, "corr_requests_rejected_total", "Requests outside the API, by reason.", "reason", other, 4);
     emit_family(&t, "corr_connections_closed_for_resets_total",
                 "HTTP/2 connections closed for resetting too many held streams.", NULL, resets, 1);
 

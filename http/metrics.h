@@ -29,6 +29,8 @@ enum corrd_counter {
     CORRD_ACKS_LOST,          /* delivered, but the waiter's client left before the answer */
     CORRD_REQUESTS_NOT_FOUND, /* paths outside the API */
     CORRD_REQUESTS_BAD_METHOD,
+    CORRD_REQUESTS_URL_TOO_LONG,
+    CORRD_REQUESTS_HEADERS_TOO_LARGE,
     CORRD_CONNECTIONS_CLOSED_RESETS, /* HTTP/2 connections closed for too many stream resets */
     CORRD_COUNTER_COUNT,
 };

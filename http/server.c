@@ -326,15 +326,19 @@ unsigned corrd_server_workers_exited(void)
 
 /* ---- the loop ---- */
 
-static void expire_timers(struct corrd_worker *worker)
+/* Answer every held request whose deadline has passed; returns how many were answered. */
+static size_t expire_timers(struct corrd_worker *worker)
 {
     uint64_t now = corrd_now_ms();
     struct corrd_timer *timer;
+    size_t expired = 0;
 
     while ((timer = corrd_timer_first(&worker->timers)) != NULL && timer->deadline_ms <= now) {
         struct corrd_held *held = H2O_STRUCT_FROM_MEMBER(struct corrd_held, timer, timer);
         corrd_held_expire(held); /* unlinks the timer */
+        expired++;
     }
+    return expired;
 }
 
 static int32_t loop_wait_ms(struct corrd_worker *worker)
@@ -391,6 +395,8 @@ static bool drain_finished(struct corrd_worker *worker)
             shutdown(h2o_socket_get_fd(conn->sock), SHUT_RD);
     }
     if (elapsed >= drain_ms) {
+        if (worker->connections == 0)
+            return true; /* only h2o's HTTP/2 graceful-shutdown timer was left */
         corrd_log(CORRD_LOG_WARN, "msg=\"drain time over; exiting with connections open\" worker=%u connections=%zu",
                   worker->index, worker->connections);
         return true;
@@ -432,11 +438,20 @@ static void *worker_main(void *arg)
     worker_setup(worker);
     ck_pr_inc_uint(&workers_ready); /* the receiver is registered: messages may be sent now */
 
+    bool answered_outside_loop = false;
     while (!worker->exited) {
-        h2o_evloop_run(worker->loop, loop_wait_ms(worker)); /* -1 on EINTR is harmless here */
-        expire_timers(worker);
-        if (!worker->draining && ck_pr_load_uint(&worker->shutdown_requested))
+        /*
+         * A response sent from outside h2o's callbacks (timers, drain) leaves its socket on h2o's
+         * pending list, which only the next h2o_evloop_run processes: run it without waiting, or
+         * the next request on that keep-alive connection would stall until an unrelated event.
+         */
+        int32_t wait_ms = answered_outside_loop ? 0 : loop_wait_ms(worker);
+        h2o_evloop_run(worker->loop, wait_ms); /* -1 on EINTR is harmless here */
+        answered_outside_loop = expire_timers(worker) != 0;
+        if (!worker->draining && ck_pr_load_uint(&worker->shutdown_requested)) {
             begin_drain(worker);
+            answered_outside_loop = true;
+        }
         if (worker->draining && drain_finished(worker))
             worker->exited = true;
     }

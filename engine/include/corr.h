@@ -52,6 +52,18 @@
 extern "C" {
 #endif
 
+/*
+ * CORR_API marks the public functions. libcorr.so is built with -fvisibility=hidden, so only
+ * these are exported from it. Define CORR_API before including this header to override it.
+ */
+#ifndef CORR_API
+#if defined(__GNUC__) && __GNUC__ >= 4
+#define CORR_API __attribute__((visibility("default")))
+#else
+#define CORR_API
+#endif
+#endif
+
 /** Maximum id length in bytes that any engine accepts. */
 #define CORR_ID_MAX_BYTES 65535
 
@@ -111,7 +123,7 @@ struct corr_stats {
 };
 
 /** Fill @config with the defaults listed in struct corr_engine_config; wake stays NULL. */
-void corr_engine_config_init(struct corr_engine_config *config);
+CORR_API void corr_engine_config_init(struct corr_engine_config *config);
 
 /**
  * corr_engine_create - allocate an engine.
@@ -121,7 +133,8 @@ void corr_engine_config_init(struct corr_engine_config *config);
  * Returns 0, -EINVAL for a bad setting (no wake callback, shards not a power of two,
  * max_id_bytes out of range, size too small) or -ENOMEM.
  */
-int corr_engine_create(const struct corr_engine_config *config, struct corr_engine **out);
+CORR_API int corr_engine_create(const struct corr_engine_config *config,
+                                struct corr_engine **out);
 
 /**
  * corr_engine_destroy - free an engine and every waiter still in it.
@@ -131,13 +144,13 @@ int corr_engine_create(const struct corr_engine_config *config, struct corr_engi
  * (rcu_barrier) until every deferred reclamation has run. The caller must be registered and
  * outside any read-side section.
  */
-void corr_engine_destroy(struct corr_engine *engine);
+CORR_API void corr_engine_destroy(struct corr_engine *engine);
 
 /** Register the calling thread with the engine's RCU flavour; call before any other call. */
-void corr_thread_register(void);
+CORR_API void corr_thread_register(void);
 
 /** Unregister the calling thread; call before it exits, after its last engine call. */
-void corr_thread_unregister(void);
+CORR_API void corr_thread_unregister(void);
 
 /**
  * corr_waiter_add - register a waiter for @id on the calling thread.
@@ -149,8 +162,8 @@ void corr_thread_unregister(void);
  * Returns 0, -EINVAL (bad id length or acks), -EEXIST (an open waiter already has this id),
  * -ENOSPC (max_pending open waiters already) or -ENOMEM.
  */
-int corr_waiter_add(struct corr_engine *engine, const void *id, size_t id_len, unsigned acks,
-                    void *data, struct corr_waiter **out);
+CORR_API int corr_waiter_add(struct corr_engine *engine, const void *id, size_t id_len,
+                             unsigned acks, void *data, struct corr_waiter **out);
 
 /**
  * corr_engine_ack - deliver @payload to the waiter registered for @id.
@@ -160,7 +173,8 @@ int corr_waiter_add(struct corr_engine *engine, const void *id, size_t id_len, u
  * of @payload passes to the waiter only with CORR_ACK_DELIVERED; otherwise the caller keeps it.
  * May call the wake callback before returning.
  */
-int corr_engine_ack(struct corr_engine *engine, const void *id, size_t id_len, void *payload);
+CORR_API int corr_engine_ack(struct corr_engine *engine, const void *id, size_t id_len,
+                             void *payload);
 
 /**
  * corr_waiter_take - take the oldest delivered payload, or NULL when there is none.
@@ -168,7 +182,7 @@ int corr_engine_ack(struct corr_engine *engine, const void *id, size_t id_len, v
  * Owner thread only. The caller owns the returned payload. A NULL return re-arms the wake-up:
  * the next delivery calls the wake callback again. Works before and after corr_waiter_close().
  */
-void *corr_waiter_take(struct corr_waiter *waiter);
+CORR_API void *corr_waiter_take(struct corr_waiter *waiter);
 
 /**
  * corr_waiter_close - stop accepting acks and unregister the id.
@@ -177,7 +191,7 @@ void *corr_waiter_take(struct corr_waiter *waiter);
  * for this waiter has its payload in the ring, no further ack can be delivered to it, the wake
  * callback will not be called for it again, and a new waiter may be added for the same id.
  */
-void corr_waiter_close(struct corr_engine *engine, struct corr_waiter *waiter);
+CORR_API void corr_waiter_close(struct corr_engine *engine, struct corr_waiter *waiter);
 
 /**
  * corr_waiter_destroy - release a closed waiter.
@@ -186,19 +200,19 @@ void corr_waiter_close(struct corr_engine *engine, struct corr_waiter *waiter);
  * The memory is reclaimed after an RCU grace period, because concurrent acks may still be
  * reading it; the caller must not use @waiter afterwards.
  */
-void corr_waiter_destroy(struct corr_engine *engine, struct corr_waiter *waiter);
+CORR_API void corr_waiter_destroy(struct corr_engine *engine, struct corr_waiter *waiter);
 
 /** Return the data pointer given to corr_waiter_add(). */
-void *corr_waiter_data(const struct corr_waiter *waiter);
+CORR_API void *corr_waiter_data(const struct corr_waiter *waiter);
 
 /** Return the id bytes of @waiter and store their length in @len. */
-const void *corr_waiter_id(const struct corr_waiter *waiter, size_t *len);
+CORR_API const void *corr_waiter_id(const struct corr_waiter *waiter, size_t *len);
 
 /** Copy a snapshot of the engine's counters into @out; the fields are read independently. */
-void corr_engine_stats(const struct corr_engine *engine, struct corr_stats *out);
+CORR_API void corr_engine_stats(const struct corr_engine *engine, struct corr_stats *out);
 
 /** Return a static description of an error code or an enum corr_ack_result value. */
-const char *corr_strerror(int code);
+CORR_API const char *corr_strerror(int code);
 
 #ifdef __cplusplus
 }

@@ -66,6 +66,27 @@
 #define MAX_SHARDS 4096
 #define GC_EVERY_UNLINKS 65536 /* tombstone collection period per shard, in unlinks */
 
+/*
+ * ThreadSanitizer cannot see the ordering that ck_pr inline assembly and libck.so provide. These
+ * annotations restate it at each acquire and release below; they compile to nothing elsewhere.
+ */
+#if defined(__SANITIZE_THREAD__)
+void __tsan_acquire(void *addr);
+void __tsan_release(void *addr);
+#define tsan_acquire(addr) __tsan_acquire(addr)
+#define tsan_release(addr) __tsan_release(addr)
+#else
+#define tsan_acquire(addr) ((void)0)
+#define tsan_release(addr) ((void)0)
+#endif
+
+/*
+ * Stands for "a grace period has passed" under TSan: each read-side section releases it as it
+ * ends, and each call_rcu callback acquires it before freeing, which is the ordering that
+ * liburcu's grace period provides through membarrier.
+ */
+static char rcu_grace_period_sync __attribute__((unused));
+
 #define STATE_LOCKED 1u
 #define STATE_CLOSED 2u
 
@@ -136,6 +157,7 @@ static void *block_realloc(void *p, size_t old_size, size_t new_size, bool defer
 
 static void block_free_now(struct rcu_head *head)
 {
+    tsan_acquire(&rcu_grace_period_sync);
     free(caa_container_of(head, struct deferred_block, rcu));
 }
 
@@ -145,8 +167,10 @@ static void block_free(void *p, size_t size, bool defer)
 
     if (p == NULL)
         return;
-    if (defer)
+    if (defer) {
+        tsan_release(&rcu_grace_period_sync); /* hands this thread's history to the callback */
         call_rcu(&block->rcu, block_free_now); /* a reader may still walk this map */
+    }
     else
         free(block);
 }
@@ -165,6 +189,10 @@ static unsigned long key_hash_cb(const void *object, unsigned long seed)
 static bool key_equal_cb(const void *a, const void *b)
 {
     const struct corr_key *x = a, *y = b;
+
+    /* ck_hs_get reaches the stored waiter through libck's ck_pr loads, which TSan cannot see. */
+    tsan_acquire((void *)a);
+    tsan_acquire((void *)b);
     return x->len == y->len && memcmp(x->bytes, y->bytes, x->len) == 0;
 }
 
@@ -307,8 +335,12 @@ static bool pending_reserve(struct corr_engine *engine)
     return true;
 }
 
-/* Insert @w, replacing a waiter of the same id whose owner has closed it but not yet unlinked it. */
-static int shard_insert(struct shard *shard, struct corr_waiter *w)
+/*
+ * Insert @w, replacing a waiter of the same id whose owner has closed it but not yet unlinked it.
+ * The pending slot is reserved after the duplicate check, so a duplicate reports -EEXIST even at
+ * the limit and never holds a slot that a valid add could have used.
+ */
+static int shard_insert(struct corr_engine *engine, struct shard *shard, struct corr_waiter *w)
 {
     int err = 0;
 
@@ -316,6 +348,8 @@ static int shard_insert(struct shard *shard, struct corr_waiter *w)
     struct corr_waiter *existing = ck_hs_get(&shard->set, w->key.hash, &w->key);
     if (existing != NULL && (ck_pr_load_uint(&existing->state) & STATE_CLOSED) == 0) {
         err = -EEXIST;
+    } else if (!pending_reserve(engine)) {
+        err = -ENOSPC;
     } else if (existing != NULL) {
         void *previous;
         if (!ck_hs_set(&shard->set, w->key.hash, w, &previous))
@@ -323,6 +357,8 @@ static int shard_insert(struct shard *shard, struct corr_waiter *w)
     } else if (!ck_hs_put(&shard->set, w->key.hash, w)) {
         err = -ENOMEM;
     }
+    if (err == -ENOMEM)
+        ck_pr_dec_64(&engine->pending);
     pthread_mutex_unlock(&shard->writer_lock);
     return err;
 }
@@ -337,21 +373,16 @@ int corr_waiter_add(struct corr_engine *engine, const void *id, size_t id_len, u
     if (w == NULL)
         return -ENOMEM;
     struct shard *shard = &engine->shards[w->shard];
-    if (!pending_reserve(engine)) {
-        free(w);
-        counter_add(&shard->counters.rejected);
-        return -ENOSPC;
-    }
 
     /*
      * ck_hs_put publishes the waiter to lock-free readers; ck_hs issues a store fence before the
      * slot store, so a reader that finds the pointer sees the initialised waiter and ring.
      */
-    int err = shard_insert(shard, w);
+    tsan_release(w); /* paired with tsan_acquire(w) in corr_engine_ack, after ck_hs_get */
+    int err = shard_insert(engine, shard, w);
     if (err != 0) {
-        ck_pr_dec_64(&engine->pending);
         free(w);
-        if (err == -EEXIST)
+        if (err != -ENOMEM)
             counter_add(&shard->counters.rejected);
         return err;
     }
@@ -370,6 +401,7 @@ static bool producer_lock(struct corr_waiter *w)
         if ((state & STATE_LOCKED) == 0 && ck_pr_cas_uint(&w->state, state, state | STATE_LOCKED)) {
             /* Acquire, paired with producer_unlock: see the previous holder's ring and counter writes. */
             ck_pr_fence_lock();
+            tsan_acquire(&w->state);
             return true;
         }
         if (spins < 64)
@@ -386,6 +418,7 @@ static void producer_unlock(struct corr_waiter *w)
      * and `accepted` update become visible before the lock bit clears. An atomic AND keeps a
      * CLOSED bit that the owner set meanwhile.
      */
+    tsan_release(&w->state);
     ck_pr_fence_unlock();
     ck_pr_and_uint(&w->state, ~STATE_LOCKED);
 }
@@ -427,11 +460,14 @@ int corr_engine_ack(struct corr_engine *engine, const void *id, size_t id_len, v
     /* I5: the waiter found here stays allocated until rcu_read_unlock, even if it is unlinked now. */
     rcu_read_lock();
     struct corr_waiter *w = ck_hs_get(&shard->set, key.hash, &key);
+    if (w != NULL)
+        tsan_acquire(w);
     if (w != NULL && producer_lock(w)) {
         result = deliver_locked(engine, w, payload);
         producer_unlock(w);
     }
     rcu_read_unlock();
+    tsan_release(&rcu_grace_period_sync);
 
     if (result == CORR_ACK_DELIVERED)
         counter_add(&shard->counters.delivered);
@@ -487,6 +523,7 @@ void corr_waiter_close(struct corr_engine *engine, struct corr_waiter *w)
     }
     /* Acquire, paired with producer_unlock: the drain that follows sees every enqueued payload. */
     ck_pr_fence_acquire();
+    tsan_acquire(&w->state);
 
     shard_unlink(&engine->shards[w->shard], w);
     ck_pr_dec_64(&engine->pending);
@@ -494,6 +531,7 @@ void corr_waiter_close(struct corr_engine *engine, struct corr_waiter *w)
 
 static void waiter_free_now(struct rcu_head *head)
 {
+    tsan_acquire(&rcu_grace_period_sync);
     free(caa_container_of(head, struct corr_waiter, rcu));
 }
 
@@ -513,6 +551,7 @@ void corr_waiter_destroy(struct corr_engine *engine, struct corr_waiter *w)
     corr_waiter_close(engine, w);
     waiter_release_payloads(engine, w);
     /* I5: acks that looked the waiter up before the unlink may still be reading it. */
+    tsan_release(&rcu_grace_period_sync);
     call_rcu(&w->rcu, waiter_free_now);
 }
 
