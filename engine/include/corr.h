@@ -149,7 +149,10 @@ CORR_API void corr_engine_destroy(struct corr_engine *engine);
 /** Register the calling thread with the engine's RCU flavour; call before any other call. */
 CORR_API void corr_thread_register(void);
 
-/** Unregister the calling thread; call before it exits, after its last engine call. */
+/**
+ * Unregister the calling thread; call before it exits, after its last engine call. It also hands
+ * the thread's batch of destroyed waiters to RCU reclamation, so skipping it leaks them.
+ */
 CORR_API void corr_thread_unregister(void);
 
 /**
@@ -180,7 +183,10 @@ CORR_API int corr_engine_ack(struct corr_engine *engine, const void *id, size_t 
  * corr_waiter_take - take the oldest delivered payload, or NULL when there is none.
  *
  * Owner thread only. The caller owns the returned payload. A NULL return re-arms the wake-up:
- * the next delivery calls the wake callback again. Works before and after corr_waiter_close().
+ * the next delivery calls the wake callback again. Conversely, once the wake callback has run for
+ * a waiter, it does not run again for that waiter until this call has returned NULL, so an
+ * embedder may queue the waiter on each wake-up without checking whether it is already queued.
+ * Works before and after corr_waiter_close().
  */
 CORR_API void *corr_waiter_take(struct corr_waiter *waiter);
 

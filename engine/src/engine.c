@@ -13,20 +13,26 @@
  *
  * Ring. Each waiter owns a ck_ring used single-producer/single-consumer. The consumer is the
  * owning thread. Producers are the acking threads, and several may ack one id at once, so they
- * are serialised by a producer lock: the LOCKED bit of the waiter's `state` word. The same word
- * carries the CLOSED bit, which makes closing and producing mutually exclusive:
+ * are serialised by a producer lock, the waiter's `lock` word. A separate `closed` flag makes
+ * closing and producing mutually exclusive through a store-then-load handshake on each side:
  *
  *   producer (corr_engine_ack)                  owner (corr_waiter_close)
- *   CAS state: 0 -> LOCKED, fail if CLOSED      OR CLOSED into state
- *   check accepted < acks, enqueue, wake        spin until LOCKED is clear
- *   clear LOCKED (release)                      (acquire) drain the ring
+ *   CAS lock 0 -> 1 (a full barrier)            store closed = 1, full fence
+ *   if closed: release the lock, NO_WAITER      spin while lock == 1
+ *   check accepted < acks, enqueue, wake        (acquire) drain the ring
+ *   store lock = 0 (release)
+ *
+ * Either the producer sees closed == 1 after taking the lock, or the owner sees lock == 1 and
+ * waits for the producer to finish; both cannot miss each other. Releasing the lock is a plain
+ * release store, so an uncontended ack costs one atomic read-modify-write (the lock CAS) and
+ * one full fence (the wake-up handshake below).
  *
  * Invariants:
  *   I1 (one outcome) every ack takes exactly one branch of corr_engine_ack and returns its result.
  *   I2 (delivery) a producer returns CORR_ACK_DELIVERED only after enqueueing while it held the
- *      lock with CLOSED clear. Close sets CLOSED and then waits for LOCKED to clear, so every such
- *      enqueue happens before close returns and the owner's drain sees it. A producer that finds
- *      CLOSED returns CORR_ACK_NO_WAITER and enqueues nothing.
+ *      lock and saw closed == 0. Close sets closed and then waits for the lock to be free, so
+ *      every such enqueue happens before close returns and the owner's drain sees it. A producer
+ *      that sees closed == 1 returns CORR_ACK_NO_WAITER and enqueues nothing.
  *   I3 (bound) `accepted` counts deliveries over the waiter's life and is only touched under the
  *      lock, so a waiter never accepts more than `acks`; the ring holds acks + 1 slots, so an
  *      enqueue under that bound cannot fail.
@@ -36,16 +42,19 @@
  *      reader that found it in a read-side section can still lock and inspect it safely.
  *
  * Wake-ups. `armed` is 1 while the owner has seen an empty ring and wants to be woken. A producer
- * that enqueued exchanges it with 0 and calls the wake callback if it was 1. The owner stores 1
- * and then looks at the ring again (corr_waiter_take). This is a store-then-load handshake on
- * both sides with a full fence in each, so either the owner sees the new item or the producer
- * sees armed == 1 and wakes it: a wake-up is never lost, and a burst of acks costs one wake-up.
+ * that enqueued reads it after a full fence and, if it is 1, stores 0 and calls the wake callback.
+ * The owner stores 1 and then looks at the ring again (corr_waiter_take). This is a
+ * store-then-load handshake with a full fence on each side, so either the owner sees the new item
+ * or the producer sees armed == 1 and wakes it: a wake-up is never lost, and a burst of acks costs
+ * one wake-up. Only producers, serialised by the lock, write 0, and the owner only ever writes 1,
+ * so the producer's load and store need no read-modify-write.
  *
  * Progress: lookups are lock-free (ck_hs retries on its generation counter; RCU read sections are
  * wait-free in the memb flavour). Acks for the same id are blocking with respect to each other
  * because of the producer lock, whose critical section is a bounded enqueue and the callback.
  */
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdbool.h>
@@ -87,8 +96,6 @@ void __tsan_release(void *addr);
  */
 static char rcu_grace_period_sync __attribute__((unused));
 
-#define STATE_LOCKED 1u
-#define STATE_CLOSED 2u
 
 /*
  * Key layout shared by stored waiters and stack lookup keys: ck_hs passes both kinds of object
@@ -102,9 +109,11 @@ struct corr_key {
 
 struct corr_waiter {
     struct corr_key key;
-    unsigned int state;    /* STATE_LOCKED | STATE_CLOSED, changed only with ck_pr atomics */
+    unsigned int lock;     /* producer lock: 1 while an ack is being delivered; ck_pr only */
+    unsigned int closed;   /* 1 once the owner closed the waiter; ck_pr only */
     unsigned int armed;    /* 1 when the owner waits for a wake-up; see the design notes */
-    unsigned int accepted; /* deliveries so far; read and written only under STATE_LOCKED */
+    unsigned int accepted; /* deliveries so far; read and written only under the lock */
+    bool replaced;         /* under the shard's writer lock: a newer waiter took its table slot */
     unsigned int acks;     /* deliveries allowed */
     bool unlinked;         /* owner-only: corr_waiter_close has run */
     unsigned int shard;
@@ -115,15 +124,35 @@ struct corr_waiter {
     unsigned char id[];
 };
 
-struct shard_counters {
+/*
+ * Full store-load fence. On x86-64 a locked add to the stack orders like mfence for ordinary
+ * memory but costs a fraction of it (Linux's smp_mb() uses the same instruction); it is the
+ * fence on the ack hot path and in corr_waiter_take, where mfence was about half the cost of an
+ * ack in bench/engine_bench. Other architectures use ck_pr's fence.
+ */
+static inline void fence_store_load(void)
+{
+#if defined(__x86_64__)
+    __asm__ __volatile__("lock; addl $0, -4(%%rsp)" ::: "memory", "cc");
+#else
+    fence_store_load();
+#endif
+}
+
+/*
+ * Statistics, striped so that threads do not bounce one cache line: each thread adds to the
+ * stripe picked by its thread number, and corr_engine_stats sums all stripes.
+ */
+#define COUNTER_STRIPES 64
+
+struct counters {
     uint64_t added, rejected, delivered, no_waiter, full, released;
-};
+} __attribute__((aligned(64)));
 
 struct shard {
     pthread_mutex_t writer_lock; /* serialises every ck_hs mutation of this shard */
     ck_hs_t set;
     unsigned long unlinks; /* under writer_lock */
-    struct shard_counters counters;
 } __attribute__((aligned(64)));
 
 struct corr_engine {
@@ -132,6 +161,7 @@ struct corr_engine {
     unsigned shard_shift;
     uint64_t pending; /* open waiters; ck_pr atomics only */
     struct shard *shards;
+    struct counters stripes[COUNTER_STRIPES];
 };
 
 /*
@@ -196,9 +226,20 @@ static bool key_equal_cb(const void *a, const void *b)
     return x->len == y->len && memcmp(x->bytes, y->bytes, x->len) == 0;
 }
 
+static unsigned next_thread_number; /* ck_pr atomics only */
+static __thread unsigned thread_number = UINT_MAX;
+
+/* Return the calling thread's stripe of @engine's counters. */
+static struct counters *counters_of(struct corr_engine *engine)
+{
+    if (thread_number == UINT_MAX)
+        thread_number = ck_pr_faa_uint(&next_thread_number, 1) % COUNTER_STRIPES;
+    return &engine->stripes[thread_number];
+}
+
 static void counter_add(uint64_t *counter)
 {
-    /* Statistics only: no ordering with anything else is needed. */
+    /* Statistics only: no ordering with anything else is needed, and a stripe is rarely shared. */
     ck_pr_inc_64(counter);
 }
 
@@ -246,9 +287,11 @@ int corr_engine_create(const struct corr_engine_config *config, struct corr_engi
     if (err != 0)
         return err;
 
-    struct corr_engine *engine = calloc(1, sizeof(*engine));
+    /* aligned_alloc needs a size that is a multiple of the alignment; sizeof is, given aligned members. */
+    struct corr_engine *engine = aligned_alloc(64, sizeof(*engine));
     if (engine == NULL)
         return -ENOMEM;
+    memset(engine, 0, sizeof(*engine));
     engine->config = *config;
     engine->config.size = sizeof(engine->config);
     if (getrandom(engine->hash_key, sizeof(engine->hash_key), 0) != sizeof(engine->hash_key)) {
@@ -283,6 +326,8 @@ int corr_engine_create(const struct corr_engine_config *config, struct corr_engi
     return 0;
 }
 
+static void thread_batch_flush(void);
+
 void corr_thread_register(void)
 {
     rcu_register_thread();
@@ -290,6 +335,7 @@ void corr_thread_register(void)
 
 void corr_thread_unregister(void)
 {
+    thread_batch_flush();
     rcu_unregister_thread();
 }
 
@@ -346,13 +392,15 @@ static int shard_insert(struct corr_engine *engine, struct shard *shard, struct 
 
     pthread_mutex_lock(&shard->writer_lock);
     struct corr_waiter *existing = ck_hs_get(&shard->set, w->key.hash, &w->key);
-    if (existing != NULL && (ck_pr_load_uint(&existing->state) & STATE_CLOSED) == 0) {
+    if (existing != NULL && ck_pr_load_uint(&existing->closed) == 0) {
         err = -EEXIST;
     } else if (!pending_reserve(engine)) {
         err = -ENOSPC;
     } else if (existing != NULL) {
         void *previous;
-        if (!ck_hs_set(&shard->set, w->key.hash, w, &previous))
+        if (ck_hs_set(&shard->set, w->key.hash, w, &previous))
+            existing->replaced = true; /* its owner's shard_unlink must leave the slot alone */
+        else
             err = -ENOMEM;
     } else if (!ck_hs_put(&shard->set, w->key.hash, w)) {
         err = -ENOMEM;
@@ -383,44 +431,54 @@ int corr_waiter_add(struct corr_engine *engine, const void *id, size_t id_len, u
     if (err != 0) {
         free(w);
         if (err != -ENOMEM)
-            counter_add(&shard->counters.rejected);
+            counter_add(&counters_of(engine)->rejected);
         return err;
     }
-    counter_add(&shard->counters.added);
+    counter_add(&counters_of(engine)->added);
     *out = w;
     return 0;
 }
 
-/* Take the producer lock; returns false, without the lock, once the waiter is closed. */
-static bool producer_lock(struct corr_waiter *w)
+static void spin_pause(unsigned spins)
 {
-    for (unsigned spins = 0;; spins++) {
-        unsigned state = ck_pr_load_uint(&w->state);
-        if (state & STATE_CLOSED)
-            return false;
-        if ((state & STATE_LOCKED) == 0 && ck_pr_cas_uint(&w->state, state, state | STATE_LOCKED)) {
-            /* Acquire, paired with producer_unlock: see the previous holder's ring and counter writes. */
-            ck_pr_fence_lock();
-            tsan_acquire(&w->state);
-            return true;
-        }
-        if (spins < 64)
-            ck_pr_stall();
-        else
-            sched_yield(); /* the holder may be preempted; with 2 cores spinning only delays it */
-    }
+    if (spins < 64)
+        ck_pr_stall();
+    else
+        sched_yield(); /* the holder may be preempted; with few cores spinning only delays it */
 }
 
 static void producer_unlock(struct corr_waiter *w)
 {
     /*
      * Release, paired with producer_lock and with the acquire in corr_waiter_close: the enqueue
-     * and `accepted` update become visible before the lock bit clears. An atomic AND keeps a
-     * CLOSED bit that the owner set meanwhile.
+     * and the `accepted` update become visible before the lock reads as free.
      */
-    tsan_release(&w->state);
+    tsan_release(&w->lock);
     ck_pr_fence_unlock();
-    ck_pr_and_uint(&w->state, ~STATE_LOCKED);
+    ck_pr_store_uint(&w->lock, 0);
+}
+
+/* Take the producer lock; returns false, without the lock, once the waiter is closed. */
+static bool producer_lock(struct corr_waiter *w)
+{
+    for (unsigned spins = 0;; spins++) {
+        if (ck_pr_load_uint(&w->closed))
+            return false;
+        if (ck_pr_load_uint(&w->lock) == 0 && ck_pr_cas_uint(&w->lock, 0, 1)) {
+            /*
+             * The CAS must be ordered before the load of `closed` (store-load, paired with the
+             * fence in corr_waiter_close), and it acquires what the previous holder released.
+             */
+            ck_pr_fence_atomic_load();
+            ck_pr_fence_lock();
+            tsan_acquire(&w->lock);
+            if (ck_pr_load_uint(&w->closed) == 0)
+                return true;
+            producer_unlock(w);
+            return false;
+        }
+        spin_pause(spins);
+    }
 }
 
 /* Called under the producer lock after a successful enqueue. */
@@ -428,10 +486,11 @@ static void wake_if_armed(struct corr_engine *engine, struct corr_waiter *w)
 {
     /*
      * Store-load handshake with corr_waiter_take: the enqueue (a store to the ring's producer
-     * index) must be ordered before the read of `armed`, or both sides could miss each other.
+     * index) must be ordered before the load of `armed`, or both sides could miss each other.
      */
-    ck_pr_fence_store_atomic();
-    if (ck_pr_fas_uint(&w->armed, 0) == 1)
+    fence_store_load();
+    /* The CAS claims the arm against corr_waiter_take, which may take it back (see there). */
+    if (ck_pr_load_uint(&w->armed) == 1 && ck_pr_cas_uint(&w->armed, 1, 0))
         engine->config.wake(w, w->data, engine->config.data);
 }
 
@@ -469,12 +528,13 @@ int corr_engine_ack(struct corr_engine *engine, const void *id, size_t id_len, v
     rcu_read_unlock();
     tsan_release(&rcu_grace_period_sync);
 
+    struct counters *counters = counters_of(engine);
     if (result == CORR_ACK_DELIVERED)
-        counter_add(&shard->counters.delivered);
+        counter_add(&counters->delivered);
     else if (result == CORR_ACK_FULL)
-        counter_add(&shard->counters.full);
+        counter_add(&counters->full);
     else
-        counter_add(&shard->counters.no_waiter);
+        counter_add(&counters->no_waiter);
     return result;
 }
 
@@ -487,20 +547,28 @@ void *corr_waiter_take(struct corr_waiter *w)
 
     /*
      * Re-arm, then look again. The full fence pairs with the one in wake_if_armed: either this
-     * dequeue sees a concurrent enqueue, or that producer sees armed == 1 and calls wake.
+     * look sees a concurrent enqueue, or that producer sees armed == 1 and wakes the owner.
      */
     ck_pr_store_uint(&w->armed, 1);
-    ck_pr_fence_store_load();
-    if (ck_ring_dequeue_spsc(&w->ring, w->slots, &payload))
-        return payload;
-    return NULL;
+    fence_store_load();
+    if (ck_ring_size(&w->ring) == 0)
+        return NULL;
+    /*
+     * An ack arrived meanwhile. Take the arm back so that no wake-up is issued for an ack the
+     * owner is about to receive; if a producer has claimed it already, its wake-up is coming,
+     * so return NULL and let the owner take the ack when woken. Either way, a wake-up never
+     * follows another without a NULL return in between.
+     */
+    if (!ck_pr_cas_uint(&w->armed, 1, 0))
+        return NULL;
+    return ck_ring_dequeue_spsc(&w->ring, w->slots, &payload) ? payload : NULL;
 }
 
 static void shard_unlink(struct shard *shard, struct corr_waiter *w)
 {
     pthread_mutex_lock(&shard->writer_lock);
-    /* A newer waiter for the same id may already have replaced this one (shard_insert). */
-    if (ck_hs_get(&shard->set, w->key.hash, &w->key) == w)
+    /* A newer waiter for the same id may already have taken this one's slot (shard_insert). */
+    if (!w->replaced)
         ck_hs_remove(&shard->set, w->key.hash, &w->key);
     if (++shard->unlinks % GC_EVERY_UNLINKS == 0)
         ck_hs_gc(&shard->set, 0, 0); /* keeps probe bounds short under id churn */
@@ -513,21 +581,38 @@ void corr_waiter_close(struct corr_engine *engine, struct corr_waiter *w)
         return;
     w->unlinked = true;
 
-    /* I2: after CLOSED is set no producer can take the lock, so wait out the one inside, if any. */
-    ck_pr_or_uint(&w->state, STATE_CLOSED);
-    for (unsigned spins = 0; ck_pr_load_uint(&w->state) & STATE_LOCKED; spins++) {
-        if (spins < 64)
-            ck_pr_stall();
-        else
-            sched_yield();
-    }
+    /*
+     * I2: once `closed` is visible no producer keeps the lock, so wait out the one inside, if
+     * any. The fence orders the store before the load of `lock` (paired with producer_lock).
+     */
+    ck_pr_store_uint(&w->closed, 1);
+    fence_store_load();
+    for (unsigned spins = 0; ck_pr_load_uint(&w->lock) != 0; spins++)
+        spin_pause(spins);
     /* Acquire, paired with producer_unlock: the drain that follows sees every enqueued payload. */
     ck_pr_fence_acquire();
-    tsan_acquire(&w->state);
+    tsan_acquire(&w->lock);
 
     shard_unlink(&engine->shards[w->shard], w);
     ck_pr_dec_64(&engine->pending);
 }
+
+/*
+ * Reclamation in batches: each thread collects the waiters it destroys and hands them to call_rcu
+ * FREE_BATCH at a time, since one call_rcu per waiter made call_rcu and its worker thread about a
+ * third of the cost of a waiter's life (bench/engine_bench, scenario cycle). The memory is not
+ * tied to an engine, so a batch may outlive the engine whose waiters it holds; it is flushed when
+ * full, by corr_thread_unregister, and by corr_engine_destroy for the calling thread.
+ */
+#define FREE_BATCH 64
+
+struct free_batch {
+    struct rcu_head rcu;
+    unsigned count;
+    void *blocks[FREE_BATCH];
+};
+
+static __thread struct free_batch *thread_batch;
 
 static void waiter_free_now(struct rcu_head *head)
 {
@@ -535,12 +620,50 @@ static void waiter_free_now(struct rcu_head *head)
     free(caa_container_of(head, struct corr_waiter, rcu));
 }
 
+static void batch_free_now(struct rcu_head *head)
+{
+    struct free_batch *batch = caa_container_of(head, struct free_batch, rcu);
+
+    tsan_acquire(&rcu_grace_period_sync);
+    for (unsigned i = 0; i < batch->count; i++)
+        free(batch->blocks[i]);
+    free(batch);
+}
+
+static void thread_batch_flush(void)
+{
+    struct free_batch *batch = thread_batch;
+
+    if (batch == NULL)
+        return;
+    thread_batch = NULL;
+    tsan_release(&rcu_grace_period_sync); /* hands this thread's history to the callback */
+    call_rcu(&batch->rcu, batch_free_now);
+}
+
+/* Free @w after a grace period (invariant I5). */
+static void waiter_free_deferred(struct corr_waiter *w)
+{
+    if (thread_batch == NULL) {
+        thread_batch = malloc(sizeof(*thread_batch));
+        if (thread_batch == NULL) {
+            tsan_release(&rcu_grace_period_sync);
+            call_rcu(&w->rcu, waiter_free_now); /* no memory for a batch: one call per waiter */
+            return;
+        }
+        thread_batch->count = 0;
+    }
+    thread_batch->blocks[thread_batch->count++] = w;
+    if (thread_batch->count == FREE_BATCH)
+        thread_batch_flush();
+}
+
 static void waiter_release_payloads(struct corr_engine *engine, struct corr_waiter *w)
 {
     void *payload;
 
     while (ck_ring_dequeue_spsc(&w->ring, w->slots, &payload)) {
-        counter_add(&engine->shards[w->shard].counters.released);
+        counter_add(&counters_of(engine)->released);
         if (engine->config.payload_free != NULL)
             engine->config.payload_free(payload, engine->config.data);
     }
@@ -551,8 +674,7 @@ void corr_waiter_destroy(struct corr_engine *engine, struct corr_waiter *w)
     corr_waiter_close(engine, w);
     waiter_release_payloads(engine, w);
     /* I5: acks that looked the waiter up before the unlink may still be reading it. */
-    tsan_release(&rcu_grace_period_sync);
-    call_rcu(&w->rcu, waiter_free_now);
+    waiter_free_deferred(w);
 }
 
 void *corr_waiter_data(const struct corr_waiter *w)
@@ -583,6 +705,7 @@ void corr_engine_destroy(struct corr_engine *engine)
         }
     }
     /* Run every deferred map and waiter reclamation before the maps themselves go. */
+    thread_batch_flush();
     rcu_barrier();
     for (unsigned i = 0; i < engine->config.shards; i++) {
         ck_hs_destroy(&engine->shards[i].set);
@@ -596,8 +719,8 @@ void corr_engine_stats(const struct corr_engine *engine, struct corr_stats *out)
 {
     memset(out, 0, sizeof(*out));
     out->pending = ck_pr_load_64(&engine->pending);
-    for (unsigned i = 0; i < engine->config.shards; i++) {
-        const struct shard_counters *c = &engine->shards[i].counters;
+    for (unsigned i = 0; i < COUNTER_STRIPES; i++) {
+        const struct counters *c = &engine->stripes[i];
         out->waiters_added += ck_pr_load_64(&c->added);
         out->waiters_rejected += ck_pr_load_64(&c->rejected);
         out->acks_delivered += ck_pr_load_64(&c->delivered);

@@ -34,10 +34,16 @@ static inline void sip_round(struct sip_state *s)
 
 static inline uint64_t load_le64(const unsigned char *p)
 {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    uint64_t v;
+    memcpy(&v, p, sizeof(v)); /* one unaligned load on little-endian machines */
+    return v;
+#else
     uint64_t v = 0;
     for (int i = 7; i >= 0; i--)
         v = (v << 8) | p[i];
     return v;
+#endif
 }
 
 uint64_t corr__siphash13(const uint64_t key[2], const void *data, size_t len)
