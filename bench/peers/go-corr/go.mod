@@ -1,0 +1,3 @@
+module corr/bench/go-corr
+
+go 1.19
