@@ -55,9 +55,9 @@ struct corrd_held {
     struct corrd_worker *worker; /* owning worker; the waiter's owner thread */
     struct corr_waiter *waiter;  /* NULL once destroyed */
     struct corrd_held *inbox_next;
-    unsigned queued;             /* 1 while in the worker inbox; see corrd_wake_cb */
-    bool dead;                   /* request gone while queued: the inbox drain frees it */
-    int watched_fd;              /* HTTP/1 socket watched for EPOLLRDHUP, or -1 */
+    unsigned queued; /* 1 while in the worker inbox; see corrd_wake_cb */
+    bool dead;       /* request gone while queued: the inbox drain frees it */
+    int watched_fd;  /* HTTP/1 socket watched for EPOLLRDHUP, or -1 */
     struct corrd_timer timer;
     uint64_t timeout_ms;
     uint64_t started_at_us;
@@ -110,8 +110,8 @@ struct corrd_server {
     struct corr_engine *engine;
     h2o_globalconf_t globalconf;
     struct corrd_worker *workers;
-    SSL_CTX *ssl_ctx;     /* NULL unless --tls-cert and --tls-key are given */
-    unsigned not_ready;   /* 1 after a stop signal: /readyz answers 503; ck_pr atomics only */
+    SSL_CTX *ssl_ctx;   /* NULL unless --tls-cert and --tls-key are given */
+    unsigned not_ready; /* 1 after a stop signal: /readyz answers 503; ck_pr atomics only */
 };
 
 extern struct corrd_server corrd;
@@ -128,6 +128,7 @@ void corrd_held_shutdown(struct corrd_held *held);
 /* http/server.c */
 uint64_t corrd_now_ms(void);
 uint64_t corrd_now_us(void);
+
 enum corrd_log_level {
     CORRD_LOG_DEBUG,
     CORRD_LOG_INFO,
@@ -139,7 +140,8 @@ enum corrd_log_level {
  * Log one logfmt line to stderr: ts=... level=... followed by @fmt, which should be key=value
  * pairs. Lines below --log-level are skipped.
  */
-void corrd_log(enum corrd_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void corrd_log(enum corrd_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 /* Per-call-site limit for repeated log lines: at most CORRD_LOG_BURST lines per second. */
 struct corrd_log_limit {
@@ -147,9 +149,10 @@ struct corrd_log_limit {
     unsigned lines;
     unsigned suppressed;
 };
+
 #define CORRD_LOG_BURST 10
-void corrd_log_limited(struct corrd_log_limit *limit, enum corrd_log_level level, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+void corrd_log_limited(struct corrd_log_limit *limit, enum corrd_log_level level, const char *fmt,
+                       ...) __attribute__((format(printf, 3, 4)));
 void corrd_conn_note_reset(h2o_conn_t *conn);
 int corrd_server_start(void);
 void corrd_server_request_shutdown(void);

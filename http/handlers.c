@@ -23,7 +23,10 @@
 
 static h2o_generator_t plain_generator = {NULL, NULL};
 
-/* Write @id into @out for an error message: printable ASCII as is, other bytes as \xHH, cut at 64. */
+/*
+ * Write @id into @out for a message: printable ASCII as is, and quotes, backslash and other bytes
+ * as \xHH, cut after 64 bytes.
+ */
 static void id_printable(const char *id, size_t len, char *out, size_t out_size)
 {
     size_t pos = 0;
@@ -34,7 +37,7 @@ static void id_printable(const char *id, size_t len, char *out, size_t out_size)
             pos += (size_t)snprintf(out + pos, out_size - pos, "...");
             break;
         }
-        if (c >= 0x20 && c < 0x7f && c != '\\' && c != '\'')
+        if (c >= 0x20 && c < 0x7f && c != '\\' && c != '\'' && c != '"')
             out[pos++] = (char)c;
         else
             pos += (size_t)snprintf(out + pos, out_size - pos, "\\x%02x", c);
@@ -80,6 +83,14 @@ send_text(h2o_req_t *req, int status, const char *reason, const char *fmt, ...)
         len = (int)sizeof(line) - 2;
     line[len++] = '\n';
 
+    if (status >= 400 && corrd.options.log_level <= CORRD_LOG_DEBUG) {
+        static struct corrd_log_limit limit;
+        char path[160];
+        id_printable(req->input.path.base, req->input.path.len, path, sizeof(path));
+        corrd_log_limited(&limit, CORRD_LOG_DEBUG,
+                          "msg=\"request rejected\" status=%d path=\"%s\" reason=\"%.*s\"", status,
+                          path, len - 1, line);
+    }
     char *body = h2o_mem_alloc_pool(&req->pool, (size_t)len);
     memcpy(body, line, (size_t)len);
     add_header(req, H2O_TOKEN_CONTENT_TYPE, H2O_STRLIT("text/plain; charset=utf-8"));
@@ -209,7 +220,8 @@ void corrd_held_shutdown(struct corrd_held *held)
     }
     corrd_metrics_count(&held->worker->metrics, CORRD_WAITERS_SHUTDOWN);
     add_header(held->req, H2O_TOKEN_RETRY_AFTER, H2O_STRLIT("1"));
-    held_send_id_text(held, 503, "server is shutting down: waiter for id '%s' (timeout %llu ms) released");
+    held_send_id_text(held, 503,
+                      "server is shutting down: waiter for id '%s' (timeout %llu ms) released");
 }
 
 void corrd_held_client_gone(struct corrd_held *held)
@@ -323,8 +335,9 @@ static void count_invalid(const struct corrd_target *target)
 {
     struct corrd_metrics *metrics = &corrd_current_worker->metrics;
 
-    corrd_metrics_count(metrics, target->endpoint == CORRD_ENDPOINT_START ? CORRD_WAITERS_REJECTED_INVALID
-                                                                          : CORRD_ACKS_REJECTED_INVALID);
+    corrd_metrics_count(metrics, target->endpoint == CORRD_ENDPOINT_START
+                                     ? CORRD_WAITERS_REJECTED_INVALID
+                                     : CORRD_ACKS_REJECTED_INVALID);
 }
 
 static int decode_id(h2o_req_t *req, const struct corrd_target *target, char **id, size_t *id_len)
@@ -351,8 +364,9 @@ static int handle_start(h2o_req_t *req, const struct corrd_target *target)
 
     if (decode_id(req, target, &id, &id_len) != 0)
         return 0;
-    int status = corrd_start_query_parse(target->query, target->query_len, corrd.options.default_timeout_ms,
-                                         corrd.options.max_timeout_ms, &timeout_ms, &error);
+    int status =
+        corrd_start_query_parse(target->query, target->query_len, corrd.options.default_timeout_ms,
+                                corrd.options.max_timeout_ms, &timeout_ms, &error);
     if (status != 0) {
         count_invalid(target);
         send_error(req, status, error);
@@ -389,9 +403,11 @@ static int handle_start(h2o_req_t *req, const struct corrd_target *target)
             send_retry_later(req, "too many pending waiters (--max-pending reached); retry later");
         } else {
             static struct corrd_log_limit limit;
-            corrd_log_limited(&limit, CORRD_LOG_ERROR, "msg=\"cannot add waiter\" id=\"%s\" error=\"%s\"", printable,
+            corrd_log_limited(&limit, CORRD_LOG_ERROR,
+                              "msg=\"cannot add waiter\" id=\"%s\" error=\"%s\"", printable,
                               corr_strerror(err));
-            send_text(req, 500, "Internal Server Error", "cannot add waiter: %s", corr_strerror(err));
+            send_text(req, 500, "Internal Server Error", "cannot add waiter: %s",
+                      corr_strerror(err));
         }
         return 0;
     }
@@ -446,8 +462,9 @@ static int handle_ack(h2o_req_t *req, const struct corrd_target *target)
     }
     if (req->entity.base != NULL && req->entity.len > corrd.options.max_ack_bytes) {
         corrd_metrics_count(&worker->metrics, CORRD_ACKS_REJECTED_TOO_LARGE);
-        send_text(req, 413, "Payload Too Large", "ack body of %zu bytes exceeds --max-ack-bytes (%zu)",
-                  req->entity.len, corrd.options.max_ack_bytes);
+        send_text(req, 413, "Payload Too Large",
+                  "ack body of %zu bytes exceeds --max-ack-bytes (%zu)", req->entity.len,
+                  corrd.options.max_ack_bytes);
         return 0;
     }
     struct corrd_ack_msg *msg = ack_msg_create(req);
@@ -473,12 +490,13 @@ static int handle_ack(h2o_req_t *req, const struct corrd_target *target)
         break;
     case CORR_ACK_NO_WAITER:
         corrd_metrics_count(&worker->metrics, CORRD_ACKS_NO_WAITER);
-        send_text(req, 404, "Not Found", "no waiter is pending for id '%s'; ack discarded", printable);
+        send_text(req, 404, "Not Found", "no waiter is pending for id '%s'; ack discarded",
+                  printable);
         break;
     case CORR_ACK_FULL:
         corrd_metrics_count(&worker->metrics, CORRD_ACKS_FULL);
-        send_text(req, 429, "Too Many Requests", "the waiter for id '%s' already has its ack; ack dropped",
-                  printable);
+        send_text(req, 429, "Too Many Requests",
+                  "the waiter for id '%s' already has its ack; ack dropped", printable);
         break;
     default:
         corrd_metrics_count(&worker->metrics, CORRD_ACKS_REJECTED_INVALID);
@@ -503,7 +521,8 @@ static int handle_operational(h2o_req_t *req)
         return -1;
     if (h2o_memis(path.base, path.len, H2O_STRLIT("/metrics"))) {
         h2o_iovec_t body = corrd_metrics_render(&req->pool);
-        add_header(req, H2O_TOKEN_CONTENT_TYPE, H2O_STRLIT("text/plain; version=0.0.4; charset=utf-8"));
+        add_header(req, H2O_TOKEN_CONTENT_TYPE,
+                   H2O_STRLIT("text/plain; version=0.0.4; charset=utf-8"));
         send_body(req, 200, "OK", body.base, body.len);
         return 0;
     }
@@ -543,7 +562,8 @@ static int check_request_size(h2o_req_t *req, size_t target_len)
     }
     if (target_len > corrd.options.max_url_bytes) {
         corrd_metrics_count(metrics, CORRD_REQUESTS_URL_TOO_LONG);
-        send_text(req, 414, "URI Too Long", "request target of %zu bytes exceeds --max-url-bytes (%zu)", target_len,
+        send_text(req, 414, "URI Too Long",
+                  "request target of %zu bytes exceeds --max-url-bytes (%zu)", target_len,
                   corrd.options.max_url_bytes);
         return -1;
     }
@@ -563,7 +583,8 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     if (status != 0 && handle_operational(req) == 0)
         return 0;
     if (status != 0) {
-        corrd_metrics_count(metrics, status == 404 ? CORRD_REQUESTS_NOT_FOUND : CORRD_WAITERS_REJECTED_INVALID);
+        corrd_metrics_count(metrics, status == 404 ? CORRD_REQUESTS_NOT_FOUND
+                                                   : CORRD_WAITERS_REJECTED_INVALID);
         send_error(req, status, error);
         return 0;
     }
@@ -580,13 +601,15 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
 
 int corrd_handlers_register(h2o_globalconf_t *conf, const char *access_log)
 {
-    h2o_hostconf_t *host = h2o_config_register_host(conf, h2o_iovec_init(H2O_STRLIT("default")), 65535);
+    h2o_hostconf_t *host =
+        h2o_config_register_host(conf, h2o_iovec_init(H2O_STRLIT("default")), 65535);
     h2o_pathconf_t *path = h2o_config_register_path(host, "/", 0);
     h2o_handler_t *handler = h2o_create_handler(path, sizeof(*handler));
 
     handler->on_req = on_req;
     if (access_log != NULL) {
-        h2o_access_log_filehandle_t *log = h2o_access_log_open_handle(access_log, NULL, H2O_LOGCONF_ESCAPE_APACHE);
+        h2o_access_log_filehandle_t *log =
+            h2o_access_log_open_handle(access_log, NULL, H2O_LOGCONF_ESCAPE_APACHE);
         if (log == NULL) {
             corrd_log(CORRD_LOG_ERROR, "msg=\"cannot open --access-log\" path=\"%s\"", access_log);
             return -1;

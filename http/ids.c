@@ -9,7 +9,8 @@ static int path_has_prefix(const char *path, size_t len, const char *prefix, siz
     return len >= prefix_len && memcmp(path, prefix, prefix_len) == 0;
 }
 
-int corrd_target_parse(const char *path, size_t path_len, struct corrd_target *out, const char **error)
+int corrd_target_parse(const char *path, size_t path_len, struct corrd_target *out,
+                       const char **error)
 {
     const char *question = memchr(path, '?', path_len);
     size_t route_len = question != NULL ? (size_t)(question - path) : path_len;
@@ -24,7 +25,8 @@ int corrd_target_parse(const char *path, size_t path_len, struct corrd_target *o
     } else if (path_has_prefix(path, route_len, ack_prefix, sizeof(ack_prefix) - 1)) {
         out->endpoint = CORRD_ENDPOINT_ACK;
         prefix_len = sizeof(ack_prefix) - 1;
-    } else if ((route_len == 6 && memcmp(path, "/start", 6) == 0) || (route_len == 4 && memcmp(path, "/ack", 4) == 0)) {
+    } else if ((route_len == 6 && memcmp(path, "/start", 6) == 0) ||
+               (route_len == 4 && memcmp(path, "/ack", 4) == 0)) {
         *error = "missing id: use /start/{id} or /ack/{id}";
         return 400;
     } else {
@@ -110,8 +112,8 @@ static int parse_timeout(const char *value, size_t len, uint64_t max_ms, uint64_
     return 0;
 }
 
-int corrd_start_query_parse(const char *query, size_t query_len, uint64_t default_ms, uint64_t max_ms,
-                            uint64_t *timeout_ms, const char **error)
+int corrd_start_query_parse(const char *query, size_t query_len, uint64_t default_ms,
+                            uint64_t max_ms, uint64_t *timeout_ms, const char **error)
 {
     int seen_timeout = 0;
     size_t pos = 0;

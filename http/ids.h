@@ -26,7 +26,8 @@ struct corrd_target {
  * Split a request path (as sent, query included) into endpoint, id segment and query.
  * Returns 404 for a path outside /start/ and /ack/, 400 for a missing or multi-segment id.
  */
-int corrd_target_parse(const char *path, size_t path_len, struct corrd_target *out, const char **error);
+int corrd_target_parse(const char *path, size_t path_len, struct corrd_target *out,
+                       const char **error);
 
 /*
  * Percent-decode an id segment into @out (room for @max_bytes bytes). The rule is the same for
@@ -41,8 +42,8 @@ int corrd_id_decode(const char *raw, size_t raw_len, size_t max_bytes, char *out
  * Read the query of /start: the only parameter is timeout=MS, a decimal integer of at least 1.
  * Values above @max_ms are clamped to @max_ms. Without the parameter, *timeout_ms = @default_ms.
  */
-int corrd_start_query_parse(const char *query, size_t query_len, uint64_t default_ms, uint64_t max_ms,
-                            uint64_t *timeout_ms, const char **error);
+int corrd_start_query_parse(const char *query, size_t query_len, uint64_t default_ms,
+                            uint64_t max_ms, uint64_t *timeout_ms, const char **error);
 
 /* Check the query of /ack: it takes no parameters, so any non-empty query is rejected. */
 int corrd_ack_query_parse(const char *query, size_t query_len, const char **error);

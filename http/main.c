@@ -60,60 +60,64 @@ static const struct option long_options[] = {
 
 static void usage(FILE *out, unsigned default_threads)
 {
-    fprintf(out,
-            "Usage: corrd [OPTION]...\n"
-            "Hold /start/{id} requests until /ack/{id} answers them or their timeout passes.\n"
-            "\n"
-            "  --listen HOST:PORT         address to listen on; repeatable; [::1]:PORT for IPv6;\n"
-            "                             port 0 picks a free port (default 127.0.0.1:8080)\n"
-            "  --threads N                worker threads, one event loop each (1-1024, default %u,\n"
-            "                             the number of CPUs)\n"
-            "  --default-timeout-ms MS    timeout of a waiter without ?timeout= (milliseconds,\n"
-            "                             default 10000)\n"
-            "  --max-timeout-ms MS        larger ?timeout= values are clamped to this (milliseconds,\n"
-            "                             1-86400000, default 60000)\n"
-            "  --max-ack-bytes BYTES      largest ack body; larger ones get 413 (bytes,\n"
-            "                             0-1073741824, default 1048576)\n"
-            "  --max-id-bytes BYTES       longest id after percent-decoding (bytes, 1-65535,\n"
-            "                             default 256)\n"
-            "  --max-pending N            pending waiters allowed at once; more get 503\n"
-            "                             (1-100000000, default 100000)\n"
-            "  --max-url-bytes BYTES      longest request target (path and query); longer ones get\n"
-            "                             414 (bytes, 64-262144, default 8192)\n"
-            "  --max-header-bytes BYTES   largest request header block; larger ones get 431\n"
-            "                             (bytes, 256-262144, default 16384)\n"
-            "  --drain-ms MS              on SIGTERM or SIGINT, how long to wait for connections\n"
-            "                             to finish before exiting (milliseconds, 0-600000,\n"
-            "                             default 5000)\n"
-            "  --shutdown-delay-ms MS     on SIGTERM or SIGINT, how long /readyz answers 503 while\n"
-            "                             corrd still serves, before the drain starts (milliseconds,\n"
-            "                             0-600000, default 0)\n"
-            "  --max-resets-per-sec N     close an HTTP/2 connection that resets more held streams\n"
-            "                             than this in one second (1-1000000, default 500)\n"
-            "  --log-level LEVEL          debug, info, warn or error (default info)\n"
-            "  --access-log PATH          append an access log in Apache combined format to PATH\n"
-            "                             (default: none)\n"
-            "  --tls-cert FILE            PEM certificate chain; with --tls-key, every listener\n"
-            "                             speaks TLS with ALPN h2 and http/1.1 (default: cleartext)\n"
-            "  --tls-key FILE             PEM private key for --tls-cert\n"
-            "\n"
-            "Every option can also be set by an environment variable named CORR_ and the option in\n"
-            "upper case with '_' for '-', e.g. CORR_MAX_PENDING=5000; a flag wins over the variable.\n"
-            "CORR_LISTEN takes a comma-separated list of addresses.\n"
-            "  --help                     print this help and exit\n"
-            "  --version                  print the version and exit\n",
-            default_threads);
+    fprintf(
+        out,
+        "Usage: corrd [OPTION]...\n"
+        "Hold /start/{id} requests until /ack/{id} answers them or their timeout passes.\n"
+        "\n"
+        "  --listen HOST:PORT         address to listen on; repeatable; [::1]:PORT for IPv6;\n"
+        "                             port 0 picks a free port (default 127.0.0.1:8080)\n"
+        "  --threads N                worker threads, one event loop each (1-1024, default %u,\n"
+        "                             the number of CPUs)\n"
+        "  --default-timeout-ms MS    timeout of a waiter without ?timeout= (milliseconds,\n"
+        "                             default 10000)\n"
+        "  --max-timeout-ms MS        larger ?timeout= values are clamped to this (milliseconds,\n"
+        "                             1-86400000, default 60000)\n"
+        "  --max-ack-bytes BYTES      largest ack body; larger ones get 413 (bytes,\n"
+        "                             0-1073741824, default 1048576)\n"
+        "  --max-id-bytes BYTES       longest id after percent-decoding (bytes, 1-65535,\n"
+        "                             default 256)\n"
+        "  --max-pending N            pending waiters allowed at once; more get 503\n"
+        "                             (1-100000000, default 100000)\n"
+        "  --max-url-bytes BYTES      longest request target (path and query); longer ones get\n"
+        "                             414 (bytes, 64-262144, default 8192)\n"
+        "  --max-header-bytes BYTES   largest request header block; larger ones get 431\n"
+        "                             (bytes, 256-262144, default 16384)\n"
+        "  --drain-ms MS              on SIGTERM or SIGINT, how long to wait for connections\n"
+        "                             to finish before exiting (milliseconds, 0-600000,\n"
+        "                             default 5000)\n"
+        "  --shutdown-delay-ms MS     on SIGTERM or SIGINT, how long /readyz answers 503 while\n"
+        "                             corrd still serves, before the drain starts (milliseconds,\n"
+        "                             0-600000, default 0)\n"
+        "  --max-resets-per-sec N     close an HTTP/2 connection that resets more held streams\n"
+        "                             than this in one second (1-1000000, default 500)\n"
+        "  --log-level LEVEL          debug, info, warn or error (default info)\n"
+        "  --access-log PATH          append an access log in Apache combined format to PATH\n"
+        "                             (default: none)\n"
+        "  --tls-cert FILE            PEM certificate chain; with --tls-key, every listener\n"
+        "                             speaks TLS with ALPN h2 and http/1.1 (default: cleartext)\n"
+        "  --tls-key FILE             PEM private key for --tls-cert\n"
+        "\n"
+        "Every option can also be set by an environment variable named CORR_ and the option in\n"
+        "upper case with '_' for '-', e.g. CORR_MAX_PENDING=5000; a flag wins over the variable.\n"
+        "CORR_LISTEN takes a comma-separated list of addresses.\n"
+        "  --help                     print this help and exit\n"
+        "  --version                  print the version and exit\n",
+        default_threads);
 }
 
 /* Parse a decimal option value in [min, max]; print an error naming the option otherwise. */
-static int parse_number(const char *option, const char *value, uint64_t min, uint64_t max, uint64_t *out)
+static int parse_number(const char *option, const char *value, uint64_t min, uint64_t max,
+                        uint64_t *out)
 {
     char *end;
 
     errno = 0;
     unsigned long long v = strtoull(value, &end, 10);
     if (value[0] == '\0' || value[0] == '-' || *end != '\0' || errno != 0 || v < min || v > max) {
-        fprintf(stderr, "corrd: invalid value '%s' for --%s: expected an integer from %" PRIu64 " to %" PRIu64 "\n",
+        fprintf(stderr,
+                "corrd: invalid value '%s' for --%s: expected an integer from %" PRIu64
+                " to %" PRIu64 "\n",
                 value, option, min, max);
         return -1;
     }
@@ -128,7 +132,9 @@ static int parse_listen(const char *value, struct corrd_listen *out)
     size_t host_len = colon != NULL ? (size_t)(colon - value) : 0;
 
     if (colon == NULL || colon[1] == '\0' || strlen(colon + 1) >= sizeof(out->port)) {
-        fprintf(stderr, "corrd: invalid value '%s' for --listen: expected HOST:PORT, e.g. 127.0.0.1:8080\n", value);
+        fprintf(stderr,
+                "corrd: invalid value '%s' for --listen: expected HOST:PORT, e.g. 127.0.0.1:8080\n",
+                value);
         return -1;
     }
     if (host_len >= 2 && host[0] == '[' && host[host_len - 1] == ']') {
@@ -156,7 +162,9 @@ static int parse_log_level(const char *value, int *out)
             return 0;
         }
     }
-    fprintf(stderr, "corrd: invalid value '%s' for --log-level: expected debug, info, warn or error\n", value);
+    fprintf(stderr,
+            "corrd: invalid value '%s' for --log-level: expected debug, info, warn or error\n",
+            value);
     return -1;
 }
 
@@ -183,7 +191,8 @@ static int apply_option(int id, const char *value, int from_env)
         if (!from_env)
             return add_listen(value);
         char *copy = strdup(value), *save = NULL;
-        for (char *item = strtok_r(copy, ",", &save); item != NULL && rc == 0; item = strtok_r(NULL, ",", &save))
+        for (char *item = strtok_r(copy, ",", &save); item != NULL && rc == 0;
+             item = strtok_r(NULL, ",", &save))
             rc = add_listen(item);
         free(copy);
         return rc;
@@ -252,7 +261,8 @@ static int apply_environment(void)
             name[5 + i] = o->name[i] == '-' ? '_' : (char)(o->name[i] - 'a' + 'A');
         const char *value = getenv(name);
         if (value != NULL && apply_option(o->val, value, 1) != 0) {
-            fprintf(stderr, "corrd: (the value above came from the environment variable %s)\n", name);
+            fprintf(stderr, "corrd: (the value above came from the environment variable %s)\n",
+                    name);
             return -1;
         }
     }
@@ -271,8 +281,10 @@ static int check_options(void)
     if (!default_timeout_given && opt->default_timeout_ms > opt->max_timeout_ms)
         opt->default_timeout_ms = opt->max_timeout_ms;
     if (opt->default_timeout_ms > opt->max_timeout_ms) {
-        fprintf(stderr, "corrd: invalid value %" PRIu64 " for --default-timeout-ms: it must not exceed "
-                "--max-timeout-ms (%" PRIu64 ")\n", opt->default_timeout_ms, opt->max_timeout_ms);
+        fprintf(stderr,
+                "corrd: invalid value %" PRIu64 " for --default-timeout-ms: it must not exceed "
+                "--max-timeout-ms (%" PRIu64 ")\n",
+                opt->default_timeout_ms, opt->max_timeout_ms);
         return -1;
     }
     if (opt->listen_count == 0)
@@ -342,8 +354,10 @@ static int setup_tls(void)
         SSL_CTX_free(ctx);
         return -1;
     }
-    if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1 || SSL_CTX_check_private_key(ctx) != 1) {
-        fprintf(stderr, "corrd: cannot load --tls-key '%s', or it does not match --tls-cert '%s'\n", key, cert);
+    if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1 ||
+        SSL_CTX_check_private_key(ctx) != 1) {
+        fprintf(stderr, "corrd: cannot load --tls-key '%s', or it does not match --tls-cert '%s'\n",
+                key, cert);
         SSL_CTX_free(ctx);
         return -1;
     }
@@ -357,14 +371,16 @@ static int wait_signal_until(const sigset_t *set, uint64_t deadline_ms)
 {
     uint64_t now = corrd_now_ms();
     uint64_t left = deadline_ms > now ? deadline_ms - now : 0;
-    struct timespec ts = {.tv_sec = (time_t)(left / 1000), .tv_nsec = (long)(left % 1000) * 1000000};
+    struct timespec ts = {.tv_sec = (time_t)(left / 1000),
+                          .tv_nsec = (long)(left % 1000) * 1000000};
     int sig = sigtimedwait(set, NULL, &ts);
     return sig > 0 ? sig : 0;
 }
 
 static void second_signal_exit(int sig)
 {
-    corrd_log(CORRD_LOG_WARN, "msg=\"second signal; exiting without waiting for the drain\" signal=%s",
+    corrd_log(CORRD_LOG_WARN,
+              "msg=\"second signal; exiting without waiting for the drain\" signal=%s",
               sig == SIGINT ? "SIGINT" : "SIGTERM");
     _exit(0);
 }
@@ -388,21 +404,25 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     corrd_log(CORRD_LOG_INFO,
-              "msg=starting version=%s threads=%u default_timeout_ms=%" PRIu64 " max_timeout_ms=%" PRIu64
-              " max_ack_bytes=%zu max_id_bytes=%zu max_pending=%zu drain_ms=%" PRIu64 " shutdown_delay_ms=%" PRIu64
-              " max_resets_per_sec=%u tls=%s access_log=\"%s\"",
-              CORRD_VERSION, corrd.options.threads, corrd.options.default_timeout_ms, corrd.options.max_timeout_ms,
-              corrd.options.max_ack_bytes, corrd.options.max_id_bytes, corrd.options.max_pending,
-              corrd.options.drain_ms, corrd.options.shutdown_delay_ms, corrd.options.max_resets_per_sec,
-              corrd.ssl_ctx != NULL ? "on" : "off", corrd.options.access_log != NULL ? corrd.options.access_log : "");
+              "msg=starting version=%s threads=%u default_timeout_ms=%" PRIu64
+              " max_timeout_ms=%" PRIu64
+              " max_ack_bytes=%zu max_id_bytes=%zu max_pending=%zu drain_ms=%" PRIu64
+              " shutdown_delay_ms=%" PRIu64 " max_resets_per_sec=%u tls=%s access_log=\"%s\"",
+              CORRD_VERSION, corrd.options.threads, corrd.options.default_timeout_ms,
+              corrd.options.max_timeout_ms, corrd.options.max_ack_bytes, corrd.options.max_id_bytes,
+              corrd.options.max_pending, corrd.options.drain_ms, corrd.options.shutdown_delay_ms,
+              corrd.options.max_resets_per_sec, corrd.ssl_ctx != NULL ? "on" : "off",
+              corrd.options.access_log != NULL ? corrd.options.access_log : "");
     if (corrd_server_start() != 0)
         return 1;
 
     while ((sig = wait_signal_until(&stop_signals, corrd_now_ms() + 1000)) == 0)
         ;
     ck_pr_store_uint(&corrd.not_ready, 1);
-    corrd_log(CORRD_LOG_INFO, "msg=\"shutting down\" signal=%s shutdown_delay_ms=%" PRIu64 " drain_ms=%" PRIu64,
-              sig == SIGINT ? "SIGINT" : "SIGTERM", corrd.options.shutdown_delay_ms, corrd.options.drain_ms);
+    corrd_log(CORRD_LOG_INFO,
+              "msg=\"shutting down\" signal=%s shutdown_delay_ms=%" PRIu64 " drain_ms=%" PRIu64,
+              sig == SIGINT ? "SIGINT" : "SIGTERM", corrd.options.shutdown_delay_ms,
+              corrd.options.drain_ms);
     uint64_t drain_at = corrd_now_ms() + corrd.options.shutdown_delay_ms;
     while (corrd_now_ms() < drain_at) {
         if ((sig = wait_signal_until(&stop_signals, drain_at)) != 0)

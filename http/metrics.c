@@ -9,7 +9,8 @@
 
 /* Upper bounds in microseconds; the histograms are rendered in seconds. */
 static const uint64_t wait_bounds_us[CORRD_WAIT_BUCKETS] = {
-    1000, 5000, 10000, 50000, 100000, 500000, 1000000, 5000000, 10000000, 30000000, 60000000, 300000000,
+    1000,    5000,    10000,    50000,    100000,   500000,
+    1000000, 5000000, 10000000, 30000000, 60000000, 300000000,
 };
 static const uint64_t latency_bounds_us[CORRD_LATENCY_BUCKETS] = {
     50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 1000000,
@@ -31,7 +32,8 @@ void corrd_metrics_pending_add(struct corrd_metrics *m, int64_t delta)
     bump(&m->pending, (uint64_t)delta);
 }
 
-static void observe(struct corrd_histogram *h, const uint64_t *bounds, size_t bound_count, uint64_t us)
+static void observe(struct corrd_histogram *h, const uint64_t *bounds, size_t bound_count,
+                    uint64_t us)
 {
     size_t i = 0;
 
@@ -97,19 +99,21 @@ static void emit_family(struct text *t, const char *name, const char *help, cons
     emit(t, "# HELP %s %s\n# TYPE %s counter\n", name, help, name);
     for (size_t i = 0; i < count; i++) {
         if (label_name != NULL)
-            emit(t, "%s{%s=\"%s\"} %" PRIu64 "\n", name, label_name, items[i].label, sum_counter(items[i].counter));
+            emit(t, "%s{%s=\"%s\"} %" PRIu64 "\n", name, label_name, items[i].label,
+                 sum_counter(items[i].counter));
         else
             emit(t, "%s %" PRIu64 "\n", name, sum_counter(items[i].counter));
     }
 }
 
-static void emit_histogram(struct text *t, const char *name, const char *help, size_t offset, const uint64_t *bounds,
-                           size_t bound_count)
+static void emit_histogram(struct text *t, const char *name, const char *help, size_t offset,
+                           const uint64_t *bounds, size_t bound_count)
 {
     uint64_t buckets[CORRD_LATENCY_BUCKETS + 1] = {0}, sum_us = 0, count = 0;
 
     for (unsigned w = 0; w < corrd.options.threads; w++) {
-        struct corrd_histogram *h = (struct corrd_histogram *)((char *)&corrd.workers[w].metrics + offset);
+        struct corrd_histogram *h =
+            (struct corrd_histogram *)((char *)&corrd.workers[w].metrics + offset);
         for (size_t i = 0; i <= bound_count; i++)
             buckets[i] += ck_pr_load_64(&h->buckets[i]);
         sum_us += ck_pr_load_64(&h->sum_us);
@@ -122,9 +126,9 @@ static void emit_histogram(struct text *t, const char *name, const char *help, s
         emit(t, "%s_bucket{le=\"%g\"} %" PRIu64 "\n", name, (double)bounds[i] / 1e6, cumulative);
     }
     cumulative += buckets[bound_count];
-    /* The +Inf bucket is the sum of the buckets read, which a concurrent update may put ahead of count. */
-    emit(t, "%s_bucket{le=\"+Inf\"} %" PRIu64 "\n%s_sum %.6f\n%s_count %" PRIu64 "\n", name, cumulative, name,
-         (double)sum_us / 1e6, name, count);
+    /* +Inf is the sum of the buckets read, which a concurrent update may put ahead of count. */
+    emit(t, "%s_bucket{le=\"+Inf\"} %" PRIu64 "\n%s_sum %.6f\n%s_count %" PRIu64 "\n", name,
+         cumulative, name, (double)sum_us / 1e6, name, count);
 }
 
 h2o_iovec_t corrd_metrics_render(h2o_mem_pool_t *pool)
@@ -163,26 +167,34 @@ h2o_iovec_t corrd_metrics_render(h2o_mem_pool_t *pool)
     };
     static const struct labelled_counter resets[] = {{CORRD_CONNECTIONS_CLOSED_RESETS, NULL}};
 
-    emit_family(&t, "corr_waiters_started_total", "Waiters registered by /start.", NULL, started, 1);
-    emit_family(&t, "corr_waiters_finished_total", "Registered waiters that ended, by outcome.", "outcome", finished, 4);
-    emit_family(&t, "corr_waiters_rejected_total", "/start requests rejected before registering, by reason.", "reason",
-                rejected, 4);
-    emit_family(&t, "corr_acks_total", "Acks handed to the engine, by outcome (202, 404, 429).", "outcome", acks, 3);
-    emit_family(&t, "corr_acks_rejected_total", "/ack requests rejected before delivery, by reason.", "reason",
-                acks_rejected, 2);
-    emit_family(&t, "corr_acks_lost_total", "Delivered acks whose waiter's client left before the answer.", NULL, lost,
+    emit_family(&t, "corr_waiters_started_total", "Waiters registered by /start.", NULL, started,
                 1);
-    emit_family(&t, "corr_requests_rejected_total", "Requests outside the API, by reason.", "reason", other, 4);
+    emit_family(&t, "corr_waiters_finished_total", "Registered waiters that ended, by outcome.",
+                "outcome", finished, 4);
+    emit_family(&t, "corr_waiters_rejected_total",
+                "/start requests rejected before registering, by reason.", "reason", rejected, 4);
+    emit_family(&t, "corr_acks_total", "Acks handed to the engine, by outcome (202, 404, 429).",
+                "outcome", acks, 3);
+    emit_family(&t, "corr_acks_rejected_total",
+                "/ack requests rejected before delivery, by reason.", "reason", acks_rejected, 2);
+    emit_family(&t, "corr_acks_lost_total",
+                "Delivered acks whose waiter's client left before the answer.", NULL, lost, 1);
+    emit_family(&t, "corr_requests_rejected_total", "Requests outside the API, by reason.",
+                "reason", other, 4);
     emit_family(&t, "corr_connections_closed_for_resets_total",
                 "HTTP/2 connections closed for resetting too many held streams.", NULL, resets, 1);
 
-    emit(&t, "# HELP corr_pending_waiters Waiters held now, per worker thread.\n# TYPE corr_pending_waiters gauge\n");
+    emit(&t, "# HELP corr_pending_waiters Waiters held now, per worker thread.\n# TYPE "
+             "corr_pending_waiters gauge\n");
     for (unsigned w = 0; w < corrd.options.threads; w++)
-        emit(&t, "corr_pending_waiters{worker=\"%u\"} %" PRIu64 "\n", w, ck_pr_load_64(&corrd.workers[w].metrics.pending));
+        emit(&t, "corr_pending_waiters{worker=\"%u\"} %" PRIu64 "\n", w,
+             ck_pr_load_64(&corrd.workers[w].metrics.pending));
 
-    emit_histogram(&t, "corr_wait_seconds", "Time from /start to its answer, for waiters answered by an ack or a timeout.",
+    emit_histogram(&t, "corr_wait_seconds",
+                   "Time from /start to its answer, for waiters answered by an ack or a timeout.",
                    offsetof(struct corrd_metrics, wait), wait_bounds_us, CORRD_WAIT_BUCKETS);
-    emit_histogram(&t, "corr_ack_to_response_seconds", "Time from an ack's delivery to its waiter's response.",
-                   offsetof(struct corrd_metrics, ack_latency), latency_bounds_us, CORRD_LATENCY_BUCKETS);
+    emit_histogram(
+        &t, "corr_ack_to_response_seconds", "Time from an ack's delivery to its waiter's response.",
+        offsetof(struct corrd_metrics, ack_latency), latency_bounds_us, CORRD_LATENCY_BUCKETS);
     return h2o_iovec_init(t.buf, t.len);
 }

@@ -13,7 +13,7 @@
 
 enum corrd_counter {
     CORRD_WAITERS_STARTED,
-    CORRD_WAITERS_ANSWERED,  /* answered with an ack's body */
+    CORRD_WAITERS_ANSWERED, /* answered with an ack's body */
     CORRD_WAITERS_TIMED_OUT,
     CORRD_WAITERS_CANCELLED, /* the client closed or reset before an answer */
     CORRD_WAITERS_SHUTDOWN,  /* answered 503 by a shutdown */
@@ -35,7 +35,7 @@ enum corrd_counter {
     CORRD_COUNTER_COUNT,
 };
 
-#define CORRD_WAIT_BUCKETS 12
+#define CORRD_WAIT_BUCKETS    12
 #define CORRD_LATENCY_BUCKETS 12
 
 struct corrd_histogram {
@@ -46,8 +46,8 @@ struct corrd_histogram {
 
 struct corrd_metrics {
     uint64_t counters[CORRD_COUNTER_COUNT];
-    uint64_t pending; /* waiters held by this worker now */
-    struct corrd_histogram wait;     /* /start arrival to answer, for every answered waiter */
+    uint64_t pending;                   /* waiters held by this worker now */
+    struct corrd_histogram wait;        /* /start arrival to answer, for every answered waiter */
     struct corrd_histogram ack_latency; /* ack handed to the engine to waiter's response sent */
 };
 

@@ -20,8 +20,8 @@
 #include <ck_pr.h>
 #include "corrd.h"
 
-#define ACCEPT_BATCH 64
-#define LISTEN_BACKLOG 4096
+#define ACCEPT_BATCH     64
+#define LISTEN_BACKLOG   4096
 #define MAX_LOOP_WAIT_MS 1000
 
 struct corrd_server corrd;
@@ -77,7 +77,8 @@ void corrd_log(enum corrd_log_level level, const char *fmt, ...)
     pthread_mutex_unlock(&log_lock);
 }
 
-void corrd_log_limited(struct corrd_log_limit *limit, enum corrd_log_level level, const char *fmt, ...)
+void corrd_log_limited(struct corrd_log_limit *limit, enum corrd_log_level level, const char *fmt,
+                       ...)
 {
     uint64_t now = corrd_now_ms();
     char suffix[64] = "";
@@ -109,7 +110,8 @@ void corrd_log_limited(struct corrd_log_limit *limit, enum corrd_log_level level
 void corrd_rdhup_watch(struct corrd_held *held)
 {
     h2o_conn_t *conn = held->req->conn;
-    h2o_socket_t *sock = conn->callbacks->get_socket != NULL ? conn->callbacks->get_socket(conn) : NULL;
+    h2o_socket_t *sock =
+        conn->callbacks->get_socket != NULL ? conn->callbacks->get_socket(conn) : NULL;
 
     if (sock == NULL)
         return;
@@ -119,8 +121,9 @@ void corrd_rdhup_watch(struct corrd_held *held)
     if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &event) != 0 &&
         (errno != EEXIST || epoll_ctl(epfd, EPOLL_CTL_MOD, fd, &event) != 0)) {
         static struct corrd_log_limit watch_limit;
-        corrd_log_limited(&watch_limit, CORRD_LOG_WARN, "msg=\"cannot watch held request for client close\" fd=%d error=\"%s\"", fd,
-                  strerror(errno));
+        corrd_log_limited(&watch_limit, CORRD_LOG_WARN,
+                          "msg=\"cannot watch held request for client close\" fd=%d error=\"%s\"",
+                          fd, strerror(errno));
         return;
     }
     held->watched_fd = fd;
@@ -144,7 +147,7 @@ static void on_rdhup(h2o_socket_t *sock, const char *err)
     while ((count = epoll_wait(worker->rdhup_epoll_fd, events, 64, 0)) > 0) {
         for (int i = 0; i < count; i++) {
             struct corrd_held *held = events[i].data.ptr;
-            /* Each answer below only disposes its own HTTP/1 request, so later entries stay valid. */
+            /* An answer disposes only its own HTTP/1 request, so later entries stay valid. */
             if (held->req != NULL && held->waiter != NULL && held->watched_fd >= 0)
                 corrd_held_client_gone(held);
         }
@@ -199,7 +202,8 @@ static void on_accept(h2o_socket_t *listener, const char *err)
 /* Close an HTTP/2 connection whose client resets held streams faster than --max-resets-per-sec. */
 void corrd_conn_note_reset(h2o_conn_t *h2o_conn)
 {
-    h2o_socket_t *sock = h2o_conn->callbacks->get_socket != NULL ? h2o_conn->callbacks->get_socket(h2o_conn) : NULL;
+    h2o_socket_t *sock =
+        h2o_conn->callbacks->get_socket != NULL ? h2o_conn->callbacks->get_socket(h2o_conn) : NULL;
     static struct corrd_log_limit limit;
 
     if (sock == NULL || sock->on_close.cb != on_conn_close)
@@ -217,23 +221,28 @@ void corrd_conn_note_reset(h2o_conn_t *h2o_conn)
      * see a read error and tear the connection down through its own path.
      */
     corrd_metrics_count(&conn->worker->metrics, CORRD_CONNECTIONS_CLOSED_RESETS);
-    corrd_log_limited(&limit, CORRD_LOG_WARN, "msg=\"closing connection: too many stream resets\" worker=%u fd=%d "
-                      "max_resets_per_sec=%u", conn->worker->index, h2o_socket_get_fd(sock),
+    corrd_log_limited(&limit, CORRD_LOG_WARN,
+                      "msg=\"closing connection: too many stream resets\" worker=%u fd=%d "
+                      "max_resets_per_sec=%u",
+                      conn->worker->index, h2o_socket_get_fd(sock),
                       corrd.options.max_resets_per_sec);
     shutdown(h2o_socket_get_fd(sock), SHUT_RDWR);
 }
 
 /* ---- listeners ---- */
 
-static int listen_one(const struct corrd_listen *listen_addr, const char *port, char *bound, size_t bound_size)
+static int listen_one(const struct corrd_listen *listen_addr, const char *port, char *bound,
+                      size_t bound_size)
 {
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
+    struct addrinfo hints = {
+        .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
     struct addrinfo *res;
-    int rc = getaddrinfo(listen_addr->host[0] != '\0' ? listen_addr->host : NULL, port, &hints, &res);
+    int rc =
+        getaddrinfo(listen_addr->host[0] != '\0' ? listen_addr->host : NULL, port, &hints, &res);
 
     if (rc != 0) {
-        corrd_log(CORRD_LOG_ERROR, "msg=\"cannot resolve listen address\" host=\"%s\" error=\"%s\"", listen_addr->host,
-                  gai_strerror(rc));
+        corrd_log(CORRD_LOG_ERROR, "msg=\"cannot resolve listen address\" host=\"%s\" error=\"%s\"",
+                  listen_addr->host, gai_strerror(rc));
         return -1;
     }
     int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -241,8 +250,8 @@ static int listen_one(const struct corrd_listen *listen_addr, const char *port, 
     if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) != 0 ||
         setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof(on)) != 0 ||
         bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, LISTEN_BACKLOG) != 0) {
-        corrd_log(CORRD_LOG_ERROR, "msg=\"cannot listen\" host=\"%s\" port=%s error=\"%s\"", listen_addr->host, port,
-                  strerror(errno));
+        corrd_log(CORRD_LOG_ERROR, "msg=\"cannot listen\" host=\"%s\" port=%s error=\"%s\"",
+                  listen_addr->host, port, strerror(errno));
         if (fd >= 0)
             close(fd);
         freeaddrinfo(res);
@@ -254,12 +263,13 @@ static int listen_one(const struct corrd_listen *listen_addr, const char *port, 
     socklen_t len = sizeof(ss);
     char host[NI_MAXHOST], serv[NI_MAXSERV];
     getsockname(fd, (struct sockaddr *)&ss, &len);
-    getnameinfo((struct sockaddr *)&ss, len, host, sizeof(host), serv, sizeof(serv), NI_NUMERICHOST | NI_NUMERICSERV);
+    getnameinfo((struct sockaddr *)&ss, len, host, sizeof(host), serv, sizeof(serv),
+                NI_NUMERICHOST | NI_NUMERICSERV);
     snprintf(bound, bound_size, ss.ss_family == AF_INET6 ? "[%s]:%s" : "%s:%s", host, serv);
     return fd;
 }
 
-/* Open one SO_REUSEPORT socket per worker and address; port 0 becomes the port the first one got. */
+/* Open one SO_REUSEPORT socket per worker and address; port 0 becomes the first one's port. */
 static int open_listeners(void)
 {
     struct corrd_options *opt = &corrd.options;
@@ -279,8 +289,8 @@ static int open_listeners(void)
             if (w == 0)
                 snprintf(port, sizeof(port), "%s", strrchr(bound, ':') + 1);
         }
-        corrd_log(CORRD_LOG_INFO, "msg=listening addr=%s threads=%u protocols=\"%s\"", bound, opt->threads,
-                  corrd.ssl_ctx != NULL ? "h2,http/1.1 over TLS" : "http/1.1,h2c");
+        corrd_log(CORRD_LOG_INFO, "msg=listening addr=%s threads=%u protocols=\"%s\"", bound,
+                  opt->threads, corrd.ssl_ctx != NULL ? "h2,http/1.1 over TLS" : "http/1.1,h2c");
     }
     return 0;
 }
@@ -373,8 +383,8 @@ static void begin_drain(struct corrd_worker *worker)
         corrd_held_shutdown(H2O_STRUCT_FROM_MEMBER(struct corrd_held, timer, timer));
         released++;
     }
-    corrd_log(CORRD_LOG_INFO, "msg=\"draining\" worker=%u waiters_released=%zu connections=%zu", worker->index, released,
-              worker->connections);
+    corrd_log(CORRD_LOG_INFO, "msg=\"draining\" worker=%u waiters_released=%zu connections=%zu",
+              worker->index, released, worker->connections);
 }
 
 static bool drain_finished(struct corrd_worker *worker)
@@ -383,7 +393,8 @@ static bool drain_finished(struct corrd_worker *worker)
     uint64_t drain_ms = corrd.options.drain_ms;
     uint64_t close_idle_after = drain_ms / 2 < 1000 ? drain_ms / 2 : 1000;
 
-    if (worker->connections == 0 && !h2o_timeout_is_linked(&worker->ctx.http2._graceful_shutdown_timeout) &&
+    if (worker->connections == 0 &&
+        !h2o_timeout_is_linked(&worker->ctx.http2._graceful_shutdown_timeout) &&
         ck_pr_load_uint(&worker->message_pending) == 0 && ck_pr_load_ptr(&worker->inbox) == NULL)
         return true;
     if (elapsed >= close_idle_after) {
@@ -397,8 +408,10 @@ static bool drain_finished(struct corrd_worker *worker)
     if (elapsed >= drain_ms) {
         if (worker->connections == 0)
             return true; /* only h2o's HTTP/2 graceful-shutdown timer was left */
-        corrd_log(CORRD_LOG_WARN, "msg=\"drain time over; exiting with connections open\" worker=%u connections=%zu",
-                  worker->index, worker->connections);
+        corrd_log(
+            CORRD_LOG_WARN,
+            "msg=\"drain time over; exiting with connections open\" worker=%u connections=%zu",
+            worker->index, worker->connections);
         return true;
     }
     return false;
@@ -415,7 +428,8 @@ static void worker_setup(struct corrd_worker *worker)
 
     worker->listeners = calloc(worker->listener_count, sizeof(*worker->listeners));
     for (size_t i = 0; i < worker->listener_count; i++) {
-        worker->listeners[i] = h2o_evloop_socket_create(worker->loop, worker->listener_fds[i], H2O_SOCKET_FLAG_DONT_READ);
+        worker->listeners[i] = h2o_evloop_socket_create(worker->loop, worker->listener_fds[i],
+                                                        H2O_SOCKET_FLAG_DONT_READ);
         worker->listeners[i]->data = worker;
         h2o_socket_read_start(worker->listeners[i], on_accept);
     }
@@ -424,7 +438,8 @@ static void worker_setup(struct corrd_worker *worker)
     worker->rdhup_epoll_fd = epoll_create1(EPOLL_CLOEXEC);
     if (worker->rdhup_epoll_fd < 0)
         h2o_fatal("epoll_create1 failed");
-    worker->rdhup_sock = h2o_evloop_socket_create(worker->loop, worker->rdhup_epoll_fd, H2O_SOCKET_FLAG_DONT_READ);
+    worker->rdhup_sock =
+        h2o_evloop_socket_create(worker->loop, worker->rdhup_epoll_fd, H2O_SOCKET_FLAG_DONT_READ);
     worker->rdhup_sock->data = worker;
     h2o_socket_read_start(worker->rdhup_sock, on_rdhup);
 }
@@ -492,7 +507,8 @@ int corrd_server_start(void)
         return -1;
     for (unsigned i = 0; i < corrd.options.threads; i++) {
         corrd.workers[i].index = i;
-        h2o_multithread_create_thread(&corrd.workers[i].thread, NULL, worker_main, &corrd.workers[i]);
+        h2o_multithread_create_thread(&corrd.workers[i].thread, NULL, worker_main,
+                                      &corrd.workers[i]);
     }
     while (ck_pr_load_uint(&workers_ready) < corrd.options.threads)
         usleep(1000);

@@ -29,7 +29,8 @@ static void sift_down(struct corrd_timer_heap *heap, size_t index)
         size_t child = 2 * index + 1;
         if (child >= heap->count)
             break;
-        if (child + 1 < heap->count && heap->entries[child + 1]->deadline_ms < heap->entries[child]->deadline_ms)
+        if (child + 1 < heap->count &&
+            heap->entries[child + 1]->deadline_ms < heap->entries[child]->deadline_ms)
             child++;
         if (timer->deadline_ms <= heap->entries[child]->deadline_ms)
             break;

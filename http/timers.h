@@ -21,7 +21,8 @@ struct corrd_timer_heap {
 void corrd_timer_heap_init(struct corrd_timer_heap *heap);
 void corrd_timer_heap_dispose(struct corrd_timer_heap *heap);
 /* Returns 0, or -1 when memory for the heap could not be allocated. */
-int corrd_timer_link(struct corrd_timer_heap *heap, struct corrd_timer *timer, uint64_t deadline_ms);
+int corrd_timer_link(struct corrd_timer_heap *heap, struct corrd_timer *timer,
+                     uint64_t deadline_ms);
 void corrd_timer_unlink(struct corrd_timer_heap *heap, struct corrd_timer *timer);
 /* Returns the earliest timer, or NULL when the heap is empty. */
 struct corrd_timer *corrd_timer_first(const struct corrd_timer_heap *heap);

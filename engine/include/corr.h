@@ -105,7 +105,7 @@ struct corr_engine_config {
     size_t size;                       /* sizeof(struct corr_engine_config) */
     unsigned shards;                   /* hash-table shards, a power of two (default 64) */
     size_t max_pending;                /* open waiters allowed at once; 0 means no limit */
-    size_t max_id_bytes;               /* longest id accepted, 1..CORR_ID_MAX_BYTES (default 256) */
+    size_t max_id_bytes;               /* maximum id length, 1..CORR_ID_MAX_BYTES (default 256) */
     corr_wake_cb wake;                 /* required */
     corr_payload_free_cb payload_free; /* optional: NULL leaves untaken payloads to the caller */
     void *data;                        /* passed to both callbacks */
@@ -133,8 +133,7 @@ CORR_API void corr_engine_config_init(struct corr_engine_config *config);
  * Returns 0, -EINVAL for a bad setting (no wake callback, shards not a power of two,
  * max_id_bytes out of range, size too small) or -ENOMEM.
  */
-CORR_API int corr_engine_create(const struct corr_engine_config *config,
-                                struct corr_engine **out);
+CORR_API int corr_engine_create(const struct corr_engine_config *config, struct corr_engine **out);
 
 /**
  * corr_engine_destroy - free an engine and every waiter still in it.

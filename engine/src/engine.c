@@ -3,9 +3,9 @@
  *
  * Design
  * ------
- * Table. Open waiters live in Concurrency Kit hash sets (ck_hs, SPMC mode), one per shard. The shard
- * is chosen by the top bits of a keyed SipHash of the id, so a client cannot aim ids at one shard
- * or one probe chain. ck_hs allows one writer at a time, so each shard serialises its writers
+ * Table. Open waiters live in Concurrency Kit hash sets (ck_hs, SPMC mode), one per shard. The
+ * shard is chosen by the top bits of a keyed SipHash of the id, so a client cannot aim ids at one
+ * shard or one probe chain. ck_hs allows one writer at a time, so each shard serialises its writers
  * (add, unlink, gc) with a mutex, while lookups take no lock: they run inside a liburcu read-side
  * section (memb flavour). Memory that readers may still see is reclaimed with call_rcu after a
  * grace period: unlinked waiters, and the old maps that ck_hs hands to its free hook with
@@ -70,10 +70,10 @@
 #include "corr.h"
 #include "siphash.h"
 
-#define DEFAULT_SHARDS 64
+#define DEFAULT_SHARDS       64
 #define DEFAULT_MAX_ID_BYTES 256
-#define MAX_SHARDS 4096
-#define GC_EVERY_UNLINKS 65536 /* tombstone collection period per shard, in unlinks */
+#define MAX_SHARDS           4096
+#define GC_EVERY_UNLINKS     65536 /* tombstone collection period per shard, in unlinks */
 
 /*
  * ThreadSanitizer cannot see the ordering that ck_pr inline assembly and libck.so provide. These
@@ -95,7 +95,6 @@ void __tsan_release(void *addr);
  * liburcu's grace period provides through membarrier.
  */
 static char rcu_grace_period_sync __attribute__((unused));
-
 
 /*
  * Key layout shared by stored waiters and stack lookup keys: ck_hs passes both kinds of object
@@ -126,9 +125,9 @@ struct corr_waiter {
 
 /*
  * Full store-load fence. On x86-64 a locked add to the stack orders like mfence for ordinary
- * memory but costs a fraction of it (Linux's smp_mb() uses the same instruction); it is the
- * fence on the ack hot path and in corr_waiter_take, where mfence was about half the cost of an
- * ack in bench/engine_bench. Other architectures use ck_pr's fence.
+ * memory but costs a fraction of it, which is why Linux's smp_mb() uses the same instruction.
+ * It is the fence on the ack hot path and in corr_waiter_take, where mfence took about half the
+ * time of an ack in bench/engine_bench. Other architectures use ck_pr's fence.
  */
 static inline void fence_store_load(void)
 {
@@ -181,7 +180,8 @@ static void *block_malloc(size_t size)
 static void *block_realloc(void *p, size_t old_size, size_t new_size, bool defer)
 {
     /* ck_hs 0.7.1 never calls realloc; support it without deferral for completeness. */
-    struct deferred_block *block = realloc((struct deferred_block *)p - 1, sizeof(*block) + new_size);
+    struct deferred_block *block =
+        realloc((struct deferred_block *)p - 1, sizeof(*block) + new_size);
     return block == NULL ? NULL : block + 1;
 }
 
@@ -198,10 +198,9 @@ static void block_free(void *p, size_t size, bool defer)
     if (p == NULL)
         return;
     if (defer) {
-        tsan_release(&rcu_grace_period_sync); /* hands this thread's history to the callback */
+        tsan_release(&rcu_grace_period_sync);  /* hands this thread's history to the callback */
         call_rcu(&block->rcu, block_free_now); /* a reader may still walk this map */
-    }
-    else
+    } else
         free(block);
 }
 
@@ -248,7 +247,8 @@ static unsigned shard_of(const struct corr_engine *engine, unsigned long hash)
     return engine->shard_shift >= 64 ? 0 : (unsigned)((uint64_t)hash >> engine->shard_shift);
 }
 
-static void key_init(const struct corr_engine *engine, struct corr_key *key, const void *id, size_t len)
+static void key_init(const struct corr_engine *engine, struct corr_key *key, const void *id,
+                     size_t len)
 {
     key->hash = (unsigned long)corr__siphash13(engine->hash_key, id, len);
     key->len = len;
@@ -274,7 +274,8 @@ static int config_check(const struct corr_engine_config *config)
         return -EINVAL;
     if (config->wake == NULL)
         return -EINVAL;
-    if (config->shards == 0 || config->shards > MAX_SHARDS || (config->shards & (config->shards - 1)) != 0)
+    if (config->shards == 0 || config->shards > MAX_SHARDS ||
+        (config->shards & (config->shards - 1)) != 0)
         return -EINVAL;
     if (config->max_id_bytes == 0 || config->max_id_bytes > CORR_ID_MAX_BYTES)
         return -EINVAL;
@@ -287,7 +288,7 @@ int corr_engine_create(const struct corr_engine_config *config, struct corr_engi
     if (err != 0)
         return err;
 
-    /* aligned_alloc needs a size that is a multiple of the alignment; sizeof is, given aligned members. */
+    /* aligned_alloc wants a size that is a multiple of 64, which the aligned members ensure. */
     struct corr_engine *engine = aligned_alloc(64, sizeof(*engine));
     if (engine == NULL)
         return -ENOMEM;
@@ -313,8 +314,8 @@ int corr_engine_create(const struct corr_engine_config *config, struct corr_engi
     for (unsigned i = 0; i < config->shards; i++) {
         struct shard *shard = &engine->shards[i];
         pthread_mutex_init(&shard->writer_lock, NULL);
-        if (!ck_hs_init(&shard->set, CK_HS_MODE_SPMC | CK_HS_MODE_OBJECT | CK_HS_MODE_DELETE, key_hash_cb,
-                        key_equal_cb, &block_allocator, 64, 0)) {
+        if (!ck_hs_init(&shard->set, CK_HS_MODE_SPMC | CK_HS_MODE_OBJECT | CK_HS_MODE_DELETE,
+                        key_hash_cb, key_equal_cb, &block_allocator, 64, 0)) {
             for (unsigned j = 0; j < i; j++)
                 ck_hs_destroy(&engine->shards[j].set);
             free(engine->shards);
@@ -348,8 +349,8 @@ static unsigned ring_slots_for(unsigned acks)
     return slots;
 }
 
-static struct corr_waiter *waiter_alloc(const struct corr_engine *engine, const void *id, size_t len,
-                                        unsigned acks, void *data)
+static struct corr_waiter *waiter_alloc(const struct corr_engine *engine, const void *id,
+                                        size_t len, unsigned acks, void *data)
 {
     unsigned slots = ring_slots_for(acks);
     size_t id_offset = sizeof(struct corr_waiter);
@@ -411,8 +412,8 @@ static int shard_insert(struct corr_engine *engine, struct shard *shard, struct 
     return err;
 }
 
-int corr_waiter_add(struct corr_engine *engine, const void *id, size_t id_len, unsigned acks, void *data,
-                    struct corr_waiter **out)
+int corr_waiter_add(struct corr_engine *engine, const void *id, size_t id_len, unsigned acks,
+                    void *data, struct corr_waiter **out)
 {
     if (id == NULL || !id_length_valid(engine, id_len) || acks < 1 || acks > CORR_ACKS_MAX)
         return -EINVAL;
@@ -516,7 +517,7 @@ int corr_engine_ack(struct corr_engine *engine, const void *id, size_t id_len, v
     struct shard *shard = &engine->shards[shard_of(engine, key.hash)];
     int result = CORR_ACK_NO_WAITER;
 
-    /* I5: the waiter found here stays allocated until rcu_read_unlock, even if it is unlinked now. */
+    /* I5: a waiter found here stays allocated until rcu_read_unlock, even if unlinked now. */
     rcu_read_lock();
     struct corr_waiter *w = ck_hs_get(&shard->set, key.hash, &key);
     if (w != NULL)
@@ -554,10 +555,10 @@ void *corr_waiter_take(struct corr_waiter *w)
     if (ck_ring_size(&w->ring) == 0)
         return NULL;
     /*
-     * An ack arrived meanwhile. Take the arm back so that no wake-up is issued for an ack the
-     * owner is about to receive; if a producer has claimed it already, its wake-up is coming,
-     * so return NULL and let the owner take the ack when woken. Either way, a wake-up never
-     * follows another without a NULL return in between.
+     * An ack arrived meanwhile. Take the arm back, so that no wake-up is issued for an ack the
+     * owner is about to receive. If a producer has claimed the arm already, its wake-up is
+     * coming, so return NULL and let the owner take the ack when woken. Either way, a wake-up
+     * never follows another without a NULL return in between.
      */
     if (!ck_pr_cas_uint(&w->armed, 1, 0))
         return NULL;
@@ -599,9 +600,9 @@ void corr_waiter_close(struct corr_engine *engine, struct corr_waiter *w)
 
 /*
  * Reclamation in batches: each thread collects the waiters it destroys and hands them to call_rcu
- * FREE_BATCH at a time, since one call_rcu per waiter made call_rcu and its worker thread about a
- * third of the cost of a waiter's life (bench/engine_bench, scenario cycle). The memory is not
- * tied to an engine, so a batch may outlive the engine whose waiters it holds; it is flushed when
+ * FREE_BATCH at a time. One call_rcu per waiter made call_rcu and its worker thread about a third
+ * of the cost of a waiter's life (bench/engine_bench, scenario cycle). The memory is not tied to
+ * an engine, so a batch may outlive the engine whose waiters it holds. A batch is flushed when
  * full, by corr_thread_unregister, and by corr_engine_destroy for the calling thread.
  */
 #define FREE_BATCH 64
