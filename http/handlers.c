@@ -583,8 +583,10 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     if (status != 0 && handle_operational(req) == 0)
         return 0;
     if (status != 0) {
-        corrd_metrics_count(metrics, status == 404 ? CORRD_REQUESTS_NOT_FOUND
-                                                   : CORRD_WAITERS_REJECTED_INVALID);
+        if (status == 404)
+            corrd_metrics_count(metrics, CORRD_REQUESTS_NOT_FOUND);
+        else
+            count_invalid(&target);
         send_error(req, status, error);
         return 0;
     }

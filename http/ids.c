@@ -27,6 +27,7 @@ int corrd_target_parse(const char *path, size_t path_len, struct corrd_target *o
         prefix_len = sizeof(ack_prefix) - 1;
     } else if ((route_len == 6 && memcmp(path, "/start", 6) == 0) ||
                (route_len == 4 && memcmp(path, "/ack", 4) == 0)) {
+        out->endpoint = route_len == 6 ? CORRD_ENDPOINT_START : CORRD_ENDPOINT_ACK;
         *error = "missing id: use /start/{id} or /ack/{id}";
         return 400;
     } else {

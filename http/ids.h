@@ -24,7 +24,8 @@ struct corrd_target {
 
 /*
  * Split a request path (as sent, query included) into endpoint, id segment and query.
- * Returns 404 for a path outside /start/ and /ack/, 400 for a missing or multi-segment id.
+ * Returns 404 for a path outside /start/ and /ack/, 400 for a missing or multi-segment id; with
+ * 400, out->endpoint still names the endpoint the path was meant for.
  */
 int corrd_target_parse(const char *path, size_t path_len, struct corrd_target *out,
                        const char **error);

@@ -70,7 +70,7 @@ static void usage(FILE *out, unsigned default_threads)
         "  --threads N                worker threads, one event loop each (1-1024, default %u,\n"
         "                             the number of CPUs)\n"
         "  --default-timeout-ms MS    timeout of a waiter without ?timeout= (milliseconds,\n"
-        "                             default 10000)\n"
+        "                             1-86400000, default 10000, capped by --max-timeout-ms)\n"
         "  --max-timeout-ms MS        larger ?timeout= values are clamped to this (milliseconds,\n"
         "                             1-86400000, default 60000)\n"
         "  --max-ack-bytes BYTES      largest ack body; larger ones get 413 (bytes,\n"
@@ -403,16 +403,18 @@ int main(int argc, char **argv)
     /* h2o writes with writev and no MSG_NOSIGNAL; a write to a closed peer must not kill us. */
     signal(SIGPIPE, SIG_IGN);
 
+    struct corrd_options *opt = &corrd.options;
     corrd_log(CORRD_LOG_INFO,
               "msg=starting version=%s threads=%u default_timeout_ms=%" PRIu64
-              " max_timeout_ms=%" PRIu64
-              " max_ack_bytes=%zu max_id_bytes=%zu max_pending=%zu drain_ms=%" PRIu64
-              " shutdown_delay_ms=%" PRIu64 " max_resets_per_sec=%u tls=%s access_log=\"%s\"",
-              CORRD_VERSION, corrd.options.threads, corrd.options.default_timeout_ms,
-              corrd.options.max_timeout_ms, corrd.options.max_ack_bytes, corrd.options.max_id_bytes,
-              corrd.options.max_pending, corrd.options.drain_ms, corrd.options.shutdown_delay_ms,
-              corrd.options.max_resets_per_sec, corrd.ssl_ctx != NULL ? "on" : "off",
-              corrd.options.access_log != NULL ? corrd.options.access_log : "");
+              " max_timeout_ms=%" PRIu64 " max_ack_bytes=%zu max_id_bytes=%zu max_pending=%zu"
+              " max_url_bytes=%zu max_header_bytes=%zu drain_ms=%" PRIu64
+              " shutdown_delay_ms=%" PRIu64
+              " max_resets_per_sec=%u log_level=%s tls=%s access_log=\"%s\"",
+              CORRD_VERSION, opt->threads, opt->default_timeout_ms, opt->max_timeout_ms,
+              opt->max_ack_bytes, opt->max_id_bytes, opt->max_pending, opt->max_url_bytes,
+              opt->max_header_bytes, opt->drain_ms, opt->shutdown_delay_ms, opt->max_resets_per_sec,
+              log_levels[opt->log_level], corrd.ssl_ctx != NULL ? "on" : "off",
+              opt->access_log != NULL ? opt->access_log : "");
     if (corrd_server_start() != 0)
         return 1;
 
