@@ -106,20 +106,33 @@ struct corr_key {
     const unsigned char *bytes;
 };
 
+/*
+ * A waiter, laid out by who writes what. The first part is written only before the waiter is
+ * published, so lookups from every thread can share its cache lines. The producer state that
+ * each delivery writes is kept at least a cache line away from it and from the ring, whose
+ * consumer index the owner writes (ck_ring pads its own indexes apart). Padding instead of
+ * alignment keeps plain malloc usable, which is faster than aligned_alloc on glibc.
+ */
+#define CACHE_LINE 64
+
 struct corr_waiter {
     struct corr_key key;
-    unsigned int lock;     /* producer lock: 1 while an ack is being delivered; ck_pr only */
+    unsigned int acks; /* deliveries allowed */
+    unsigned int shard;
+    void *data;
+    ck_ring_buffer_t *slots;
+    bool replaced; /* under the shard's writer lock: a newer waiter took its table slot */
+    bool unlinked; /* owner-only: corr_waiter_close has run */
+    struct rcu_head rcu;
+
+    char pad_before_producer[CACHE_LINE];
+    unsigned int lock;     /* producer lock: 1 during a delivery; ck_pr only */
     unsigned int closed;   /* 1 once the owner closed the waiter; ck_pr only */
     unsigned int armed;    /* 1 when the owner waits for a wake-up; see the design notes */
     unsigned int accepted; /* deliveries so far; read and written only under the lock */
-    bool replaced;         /* under the shard's writer lock: a newer waiter took its table slot */
-    unsigned int acks;     /* deliveries allowed */
-    bool unlinked;         /* owner-only: corr_waiter_close has run */
-    unsigned int shard;
-    void *data;
-    struct rcu_head rcu;
+    char pad_before_ring[CACHE_LINE];
+
     ck_ring_t ring;
-    ck_ring_buffer_t *slots;
     unsigned char id[];
 };
 
@@ -355,7 +368,8 @@ static struct corr_waiter *waiter_alloc(const struct corr_engine *engine, const 
     unsigned slots = ring_slots_for(acks);
     size_t id_offset = sizeof(struct corr_waiter);
     size_t slots_offset = (id_offset + len + 7) & ~(size_t)7;
-    struct corr_waiter *w = malloc(slots_offset + slots * sizeof(ck_ring_buffer_t));
+    size_t size = slots_offset + slots * sizeof(ck_ring_buffer_t);
+    struct corr_waiter *w = malloc(size);
 
     if (w == NULL)
         return NULL;
