@@ -3,7 +3,7 @@
 # tests under AddressSanitizer + UndefinedBehaviorSanitizer, the engine tests under
 # ThreadSanitizer, and a one-minute libFuzzer run of the request-target parser (clang).
 #
-#   tools/test.sh            everything (about 10 minutes on 2 cores)
+#   tools/test.sh            everything (about 15 minutes on 2 cores)
 #   tools/test.sh --plain    only the plain build
 # Build trees go to build/test-*; extra arguments after -- go to every ctest run.
 set -euo pipefail
@@ -43,9 +43,9 @@ export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:strict_string_checks=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 export TSAN_OPTIONS="suppressions=$top/tests/tsan.supp:halt_on_error=1:second_deadlock_stack=1"
 
-run_suite plain 'unit|stress|http|bench|fuzz|install|scaleout' -DCMAKE_BUILD_TYPE=RelWithDebInfo
+run_suite plain 'unit|stress|http|fault|bench|fuzz|install|scaleout' -DCMAKE_BUILD_TYPE=RelWithDebInfo
 if [ "$mode" = all ]; then
-    run_suite asan 'unit|stress|http' -DCMAKE_BUILD_TYPE=Debug -DCORR_SANITIZE=address,undefined -DCORR_BUILD_BENCH=OFF
+    run_suite asan 'unit|stress|http|fault' -DCMAKE_BUILD_TYPE=Debug -DCORR_SANITIZE=address,undefined -DCORR_BUILD_BENCH=OFF
     run_suite tsan 'unit|stress' -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCORR_SANITIZE=thread -DCORR_BUILD_SERVER=OFF \
         -DCORR_BUILD_BENCH=OFF
     build_target=fuzz_ids CC=clang run_suite fuzz fuzz -DCORR_BUILD_FUZZ=ON -DCORR_FUZZ_SECONDS=60 \
