@@ -156,6 +156,7 @@ void corrd_log_limited(struct corrd_log_limit *limit, enum corrd_log_level level
 void corrd_conn_note_reset(h2o_conn_t *conn);
 int corrd_server_start(void);
 void corrd_server_request_shutdown(void);
+unsigned corrd_server_workers_draining(void);
 unsigned corrd_server_workers_exited(void);
 void corrd_server_join(void);
 void corrd_rdhup_watch(struct corrd_held *held);

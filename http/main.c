@@ -377,11 +377,23 @@ static int wait_signal_until(const sigset_t *set, uint64_t deadline_ms)
     return sig > 0 ? sig : 0;
 }
 
+/*
+ * Exit at once on a second stop signal. Pending waiters still get their 503 first: if the drain
+ * has not started (the signal came during --shutdown-delay-ms), start it and give the workers up
+ * to 200 ms to answer their waiters.
+ */
 static void second_signal_exit(int sig)
 {
     corrd_log(CORRD_LOG_WARN,
               "msg=\"second signal; exiting without waiting for the drain\" signal=%s",
               sig == SIGINT ? "SIGINT" : "SIGTERM");
+    if (corrd_server_workers_draining() < corrd.options.threads) {
+        corrd_server_request_shutdown();
+        uint64_t deadline = corrd_now_ms() + 200;
+        while (corrd_server_workers_draining() < corrd.options.threads && corrd_now_ms() < deadline)
+            usleep(1000);
+        usleep(20000); /* lets the loops flush the 503s they just queued */
+    }
     _exit(0);
 }
 

@@ -28,8 +28,9 @@ struct corrd_server corrd;
 __thread struct corrd_worker *corrd_current_worker;
 
 static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
-static unsigned workers_ready;  /* ck_pr atomics only */
-static unsigned workers_exited; /* ck_pr atomics only */
+static unsigned workers_ready;    /* ck_pr atomics only */
+static unsigned workers_exited;   /* ck_pr atomics only */
+static unsigned workers_draining; /* workers that answered their waiters; ck_pr atomics only */
 
 uint64_t corrd_now_ms(void)
 {
@@ -329,6 +330,11 @@ void corrd_server_request_shutdown(void)
     }
 }
 
+unsigned corrd_server_workers_draining(void)
+{
+    return ck_pr_load_uint(&workers_draining);
+}
+
 unsigned corrd_server_workers_exited(void)
 {
     return ck_pr_load_uint(&workers_exited);
@@ -383,6 +389,7 @@ static void begin_drain(struct corrd_worker *worker)
         corrd_held_shutdown(H2O_STRUCT_FROM_MEMBER(struct corrd_held, timer, timer));
         released++;
     }
+    ck_pr_inc_uint(&workers_draining);
     corrd_log(CORRD_LOG_INFO, "msg=\"draining\" worker=%u waiters_released=%zu connections=%zu",
               worker->index, released, worker->connections);
 }
