@@ -71,6 +71,7 @@ struct corrd_conn {
     struct corrd_conn *prev, *next;
     uint64_t reset_window_ms; /* start of the current one-second window of held-stream resets */
     unsigned resets_in_window;
+    bool is_http2; /* a request on it was HTTP/2, so h2o's own graceful shutdown closes it */
 };
 
 struct corrd_worker {
@@ -154,6 +155,7 @@ struct corrd_log_limit {
 void corrd_log_limited(struct corrd_log_limit *limit, enum corrd_log_level level, const char *fmt,
                        ...) __attribute__((format(printf, 3, 4)));
 void corrd_conn_note_reset(h2o_conn_t *conn);
+struct corrd_conn *corrd_conn_of(h2o_conn_t *conn);
 int corrd_server_start(void);
 void corrd_server_request_shutdown(void);
 unsigned corrd_server_workers_draining(void);

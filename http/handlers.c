@@ -83,7 +83,7 @@ send_text(h2o_req_t *req, int status, const char *reason, const char *fmt, ...)
         len = (int)sizeof(line) - 2;
     line[len++] = '\n';
 
-    if (status >= 400 && corrd.options.log_level <= CORRD_LOG_DEBUG) {
+    if (status >= 400 && status < 499 && corrd.options.log_level <= CORRD_LOG_DEBUG) {
         static struct corrd_log_limit limit;
         char path[160];
         id_printable(req->input.path.base, req->input.path.len, path, sizeof(path));
@@ -516,28 +516,30 @@ static int method_allowed(const h2o_req_t *req)
 static int handle_operational(h2o_req_t *req)
 {
     h2o_iovec_t path = req->path_normalized;
+    bool metrics = h2o_memis(path.base, path.len, H2O_STRLIT("/metrics"));
+    bool healthz = h2o_memis(path.base, path.len, H2O_STRLIT("/healthz"));
+    bool readyz = h2o_memis(path.base, path.len, H2O_STRLIT("/readyz"));
 
-    if (!h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET")))
+    if (!metrics && !healthz && !readyz)
         return -1;
-    if (h2o_memis(path.base, path.len, H2O_STRLIT("/metrics"))) {
+    if (!h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET")) &&
+        !h2o_memis(req->method.base, req->method.len, H2O_STRLIT("HEAD"))) {
+        corrd_metrics_count(&corrd_current_worker->metrics, CORRD_REQUESTS_BAD_METHOD);
+        add_header(req, H2O_TOKEN_ALLOW, H2O_STRLIT("GET, HEAD"));
+        send_error(req, 405, "method not allowed: use GET or HEAD");
+    } else if (metrics) {
         h2o_iovec_t body = corrd_metrics_render(&req->pool);
         add_header(req, H2O_TOKEN_CONTENT_TYPE,
                    H2O_STRLIT("text/plain; version=0.0.4; charset=utf-8"));
         send_body(req, 200, "OK", body.base, body.len);
-        return 0;
-    }
-    if (h2o_memis(path.base, path.len, H2O_STRLIT("/healthz"))) {
+    } else if (healthz) {
         send_text(req, 200, "OK", "ok");
-        return 0;
+    } else if (ck_pr_load_uint(&corrd.not_ready)) {
+        send_retry_later(req, "draining: the server is shutting down");
+    } else {
+        send_text(req, 200, "OK", "ready");
     }
-    if (h2o_memis(path.base, path.len, H2O_STRLIT("/readyz"))) {
-        if (ck_pr_load_uint(&corrd.not_ready))
-            send_retry_later(req, "draining: the server is shutting down");
-        else
-            send_text(req, 200, "OK", "ready");
-        return 0;
-    }
-    return -1;
+    return 0;
 }
 
 /*
@@ -575,6 +577,12 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     struct corrd_metrics *metrics = &corrd_current_worker->metrics;
     struct corrd_target target;
     const char *error;
+
+    if (req->version >= 0x200) {
+        struct corrd_conn *conn = corrd_conn_of(req->conn);
+        if (conn != NULL)
+            conn->is_http2 = true;
+    }
 
     int status = corrd_target_parse(req->input.path.base, req->input.path.len, &target, &error);
     size_t target_len = status == 0 ? target.id_raw_len + target.query_len : req->input.path.len;

@@ -1,4 +1,5 @@
 /* corrd: command line, signals and process lifetime. */
+#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -70,7 +71,7 @@ static void usage(FILE *out, unsigned default_threads)
         "  --threads N                worker threads, one event loop each (1-1024, default %u,\n"
         "                             the number of CPUs)\n"
         "  --default-timeout-ms MS    timeout of a waiter without ?timeout= (milliseconds,\n"
-        "                             1-86400000, default 10000, capped by --max-timeout-ms)\n"
+        "                             1-86400000, default 10000 or --max-timeout-ms if lower)\n"
         "  --max-timeout-ms MS        larger ?timeout= values are clamped to this (milliseconds,\n"
         "                             1-86400000, default 60000)\n"
         "  --max-ack-bytes BYTES      largest ack body; larger ones get 413 (bytes,\n"
@@ -79,10 +80,10 @@ static void usage(FILE *out, unsigned default_threads)
         "                             default 256)\n"
         "  --max-pending N            pending waiters allowed at once; more get 503\n"
         "                             (1-100000000, default 100000)\n"
-        "  --max-url-bytes BYTES      longest request target (path and query); longer ones get\n"
-        "                             414 (bytes, 64-262144, default 8192)\n"
+        "  --max-url-bytes BYTES      longest id and query after /start/ or /ack/; longer ones\n"
+        "                             get 414 (bytes, 64-262144, default 8192)\n"
         "  --max-header-bytes BYTES   largest request header block; larger ones get 431\n"
-        "                             (bytes, 256-262144, default 16384)\n"
+        "                             (bytes, 256-65000, default 16384)\n"
         "  --drain-ms MS              on SIGTERM or SIGINT, how long to wait for connections\n"
         "                             to finish before exiting (milliseconds, 0-600000,\n"
         "                             default 5000)\n"
@@ -114,7 +115,7 @@ static int parse_number(const char *option, const char *value, uint64_t min, uin
 
     errno = 0;
     unsigned long long v = strtoull(value, &end, 10);
-    if (value[0] == '\0' || value[0] == '-' || *end != '\0' || errno != 0 || v < min || v > max) {
+    if (value[0] < '0' || value[0] > '9' || *end != '\0' || errno != 0 || v < min || v > max) {
         fprintf(stderr,
                 "corrd: invalid value '%s' for --%s: expected an integer from %" PRIu64
                 " to %" PRIu64 "\n",
@@ -183,7 +184,7 @@ static int add_listen(const char *value)
 static int apply_option(int id, const char *value, int from_env)
 {
     struct corrd_options *opt = &corrd.options;
-    uint64_t v;
+    uint64_t v = 0;
     int rc = 0;
 
     switch (id) {
@@ -223,7 +224,7 @@ static int apply_option(int id, const char *value, int from_env)
         opt->max_url_bytes = v;
         return rc;
     case OPT_MAX_HEADER_BYTES:
-        rc = parse_number("max-header-bytes", value, 256, 262144, &v);
+        rc = parse_number("max-header-bytes", value, 256, 65000, &v);
         opt->max_header_bytes = v;
         return rc;
     case OPT_DRAIN_MS:
@@ -251,16 +252,20 @@ static int apply_option(int id, const char *value, int from_env)
 }
 
 /* Apply the CORR_* environment variables, which flags applied later override. */
-static int apply_environment(void)
+/*
+ * Apply the CORR_* environment variables of the options that no flag sets (@flag_given, indexed
+ * by option id - OPT_LISTEN). An empty variable counts as unset.
+ */
+static int apply_environment(const bool *flag_given)
 {
     for (const struct option *o = long_options; o->name != NULL; o++) {
         char name[64] = "CORR_";
-        if (o->has_arg != required_argument)
+        if (o->has_arg != required_argument || flag_given[o->val - OPT_LISTEN])
             continue;
         for (size_t i = 0; o->name[i] != '\0' && i + 6 < sizeof(name); i++)
-            name[5 + i] = o->name[i] == '-' ? '_' : (char)(o->name[i] - 'a' + 'A');
+            name[5 + i] = o->name[i] == '-' ? '_' : (char)toupper((unsigned char)o->name[i]);
         const char *value = getenv(name);
-        if (value != NULL && apply_option(o->val, value, 1) != 0) {
+        if (value != NULL && value[0] != '\0' && apply_option(o->val, value, 1) != 0) {
             fprintf(stderr, "corrd: (the value above came from the environment variable %s)\n",
                     name);
             return -1;
@@ -287,6 +292,17 @@ static int check_options(void)
                 opt->default_timeout_ms, opt->max_timeout_ms);
         return -1;
     }
+    for (size_t i = 0; i < opt->listen_count; i++) {
+        for (size_t j = 0; j < i; j++) {
+            if (strcmp(opt->listens[i].host, opt->listens[j].host) == 0 &&
+                strcmp(opt->listens[i].port, opt->listens[j].port) == 0 &&
+                strcmp(opt->listens[i].port, "0") != 0) {
+                fprintf(stderr, "corrd: --listen %s:%s is given more than once\n",
+                        opt->listens[i].host, opt->listens[i].port);
+                return -1;
+            }
+        }
+    }
     if (opt->listen_count == 0)
         return add_listen("127.0.0.1:8080");
     return 0;
@@ -296,7 +312,6 @@ static int parse_options(int argc, char **argv)
 {
     struct corrd_options *opt = &corrd.options;
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    int listen_flags = 0;
     int c;
 
     opt->threads = cpus > 0 ? (unsigned)cpus : 1;
@@ -312,8 +327,9 @@ static int parse_options(int argc, char **argv)
     opt->log_level = CORRD_LOG_INFO;
     unsigned default_threads = opt->threads;
 
-    if (apply_environment() != 0)
-        return -1;
+    /* Flags win over variables: note which options the flags set, apply the rest from the
+     * environment, then apply the flags. */
+    bool flag_given[OPT_HELP - OPT_LISTEN] = {false};
     while ((c = getopt_long(argc, argv, "", long_options, NULL)) != -1) {
         if (c == OPT_HELP) {
             usage(stdout, default_threads);
@@ -327,9 +343,12 @@ static int parse_options(int argc, char **argv)
             fprintf(stderr, "Try 'corrd --help' for the list of options.\n");
             return -1;
         }
-        /* The first --listen flag replaces the addresses from CORR_LISTEN. */
-        if (c == OPT_LISTEN && listen_flags++ == 0)
-            opt->listen_count = 0;
+        flag_given[c - OPT_LISTEN] = true;
+    }
+    if (apply_environment(flag_given) != 0)
+        return -1;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", long_options, NULL)) != -1) {
         if (apply_option(c, optarg, 0) != 0)
             return -1;
     }

@@ -200,16 +200,24 @@ static void on_accept(h2o_socket_t *listener, const char *err)
     }
 }
 
-/* Close an HTTP/2 connection whose client resets held streams faster than --max-resets-per-sec. */
-void corrd_conn_note_reset(h2o_conn_t *h2o_conn)
+/* Return corrd's record of the connection that @h2o_conn runs on, or NULL if it has none. */
+struct corrd_conn *corrd_conn_of(h2o_conn_t *h2o_conn)
 {
     h2o_socket_t *sock =
         h2o_conn->callbacks->get_socket != NULL ? h2o_conn->callbacks->get_socket(h2o_conn) : NULL;
+
+    return sock != NULL && sock->on_close.cb == on_conn_close ? sock->on_close.data : NULL;
+}
+
+/* Close an HTTP/2 connection whose client resets held streams faster than --max-resets-per-sec. */
+void corrd_conn_note_reset(h2o_conn_t *h2o_conn)
+{
+    struct corrd_conn *conn = corrd_conn_of(h2o_conn);
     static struct corrd_log_limit limit;
 
-    if (sock == NULL || sock->on_close.cb != on_conn_close)
+    if (conn == NULL)
         return;
-    struct corrd_conn *conn = sock->on_close.data;
+    h2o_socket_t *sock = conn->sock;
     uint64_t now = corrd_now_ms();
     if (now - conn->reset_window_ms >= 1000) {
         conn->reset_window_ms = now;
@@ -232,8 +240,13 @@ void corrd_conn_note_reset(h2o_conn_t *h2o_conn)
 
 /* ---- listeners ---- */
 
-static int listen_one(const struct corrd_listen *listen_addr, const char *port, char *bound,
-                      size_t bound_size)
+/*
+ * Bind a listening socket for @listen_addr on @port. With @exclusive, the socket gets no
+ * SO_REUSEPORT and is closed again: it only checks that no other process (another corrd, which
+ * would otherwise share the port and split every id's requests) listens there already.
+ */
+static int listen_one(const struct corrd_listen *listen_addr, const char *port, bool exclusive,
+                      char *bound, size_t bound_size)
 {
     struct addrinfo hints = {
         .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
@@ -242,23 +255,31 @@ static int listen_one(const struct corrd_listen *listen_addr, const char *port, 
         getaddrinfo(listen_addr->host[0] != '\0' ? listen_addr->host : NULL, port, &hints, &res);
 
     if (rc != 0) {
-        corrd_log(CORRD_LOG_ERROR, "msg=\"cannot resolve listen address\" host=\"%s\" error=\"%s\"",
+        corrd_log(CORRD_LOG_ERROR,
+                  "msg=\"cannot resolve the host of --listen\" host=\"%s\" error=\"%s\"",
                   listen_addr->host, gai_strerror(rc));
         return -1;
     }
     int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int on = 1;
     if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) != 0 ||
-        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof(on)) != 0 ||
+        (!exclusive && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof(on)) != 0) ||
         bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, LISTEN_BACKLOG) != 0) {
-        corrd_log(CORRD_LOG_ERROR, "msg=\"cannot listen\" host=\"%s\" port=%s error=\"%s\"",
-                  listen_addr->host, port, strerror(errno));
+        corrd_log(CORRD_LOG_ERROR,
+                  "msg=\"cannot listen on --listen address\" host=\"%s\" port=%s error=\"%s\"%s",
+                  listen_addr->host, port, strerror(errno),
+                  errno == EADDRINUSE ? " hint=\"another process, maybe another corrd, uses it\""
+                                      : "");
         if (fd >= 0)
             close(fd);
         freeaddrinfo(res);
         return -1;
     }
     freeaddrinfo(res);
+    if (exclusive) {
+        close(fd);
+        return 0;
+    }
 
     struct sockaddr_storage ss;
     socklen_t len = sizeof(ss);
@@ -282,8 +303,10 @@ static int open_listeners(void)
     for (size_t l = 0; l < opt->listen_count; l++) {
         char port[16], bound[300];
         snprintf(port, sizeof(port), "%s", opt->listens[l].port);
+        if (strcmp(port, "0") != 0 && listen_one(&opt->listens[l], port, true, NULL, 0) != 0)
+            return -1;
         for (unsigned w = 0; w < opt->threads; w++) {
-            int fd = listen_one(&opt->listens[l], port, bound, sizeof(bound));
+            int fd = listen_one(&opt->listens[l], port, false, bound, sizeof(bound));
             if (fd < 0)
                 return -1;
             corrd.workers[w].listener_fds[l] = fd;
@@ -398,18 +421,19 @@ static bool drain_finished(struct corrd_worker *worker)
 {
     uint64_t elapsed = corrd_now_ms() - worker->drain_started_ms;
     uint64_t drain_ms = corrd.options.drain_ms;
-    uint64_t close_idle_after = drain_ms / 2 < 1000 ? drain_ms / 2 : 1000;
 
     if (worker->connections == 0 &&
         !h2o_timeout_is_linked(&worker->ctx.http2._graceful_shutdown_timeout) &&
         ck_pr_load_uint(&worker->message_pending) == 0 && ck_pr_load_ptr(&worker->inbox) == NULL)
         return true;
-    if (elapsed >= close_idle_after) {
-        /*
-         * h2o 2.2.5 has no way to close idle HTTP/1 keep-alive connections. Shutting down the read
-         * side makes h2o see end-of-stream and close them; responses being written still finish.
-         */
-        for (struct corrd_conn *conn = worker->conns; conn != NULL; conn = conn->next)
+    /*
+     * h2o 2.2.5 cannot close idle HTTP/1 keep-alive connections. Shutting down the read side
+     * makes h2o see end-of-stream and close them; a response being written still finishes. A
+     * connection with request bytes buffered is in the middle of a request and is left alone,
+     * and HTTP/2 connections are closed by h2o's own graceful shutdown.
+     */
+    for (struct corrd_conn *conn = worker->conns; conn != NULL; conn = conn->next) {
+        if (!conn->is_http2 && conn->sock->input->size == 0)
             shutdown(h2o_socket_get_fd(conn->sock), SHUT_RD);
     }
     if (elapsed >= drain_ms) {

@@ -748,8 +748,8 @@ void corr_engine_stats(const struct corr_engine *engine, struct corr_stats *out)
 const char *corr_strerror(int code)
 {
     switch (code) {
-    case CORR_ACK_DELIVERED:
-        return "delivered";
+    case CORR_ACK_DELIVERED: /* also 0, the success of every other call */
+        return "success (for an ack: delivered)";
     case CORR_ACK_NO_WAITER:
         return "no waiter is pending for this id";
     case CORR_ACK_FULL:
