@@ -72,17 +72,17 @@
 #include "corr.h"
 #include "siphash.h"
 
-#define ID_BYTES 16
-#define DELIVER_ACKS 1023 /* acks per deliver waiter: a power of two minus one fills ck_ring */
-#define DELIVER_BATCH 64  /* acks between two drains of the ready list */
-#define CYCLE_BATCH 16    /* cycles between two progress updates */
-#define MISS_BATCH 64     /* acks between two progress updates */
+#define ID_BYTES        16
+#define DELIVER_ACKS    1023 /* acks per deliver waiter: a power of two minus one fills ck_ring */
+#define DELIVER_BATCH   64   /* acks between two drains of the ready list */
+#define CYCLE_BATCH     16   /* cycles between two progress updates */
+#define MISS_BATCH      64   /* acks between two progress updates */
 #define DEFAULT_WAITERS 512
-#define MAX_WAITERS 65536
-#define MAX_THREADS 64
-#define MAX_ROUNDS 100
-#define MAX_SECONDS 3600.0
-#define STOP_POLL_NS 10000000L /* the main thread checks for failed workers this often */
+#define MAX_WAITERS     65536
+#define MAX_THREADS     64
+#define MAX_ROUNDS      100
+#define MAX_SECONDS     3600.0
+#define STOP_POLL_NS    10000000L /* the main thread checks for failed workers this often */
 
 _Static_assert(sizeof(uintptr_t) >= 8, "payloads encode a slot index and a sequence in 64 bits");
 
@@ -180,13 +180,13 @@ struct worker;
 
 /* One waiter position. Its owner replaces the waiter in it; other threads only read `id`. */
 struct slot {
-    struct slot *next_ready;   /* ready-list link, written by the thread that wakes the owner */
-    atomic_uint queued;        /* 1 from the push onto the ready list until the owner pops it */
+    struct slot *next_ready; /* ready-list link, written by the thread that wakes the owner */
+    atomic_uint queued;      /* 1 from the push onto the ready list until the owner pops it */
     struct worker *owner;
-    void *waiter;              /* owner only: the open waiter, or NULL */
-    uint64_t taken;            /* owner only: payloads taken from the current waiter */
-    uint32_t index;            /* position in run.slots; payloads carry index + 1 */
-    const unsigned char *id;   /* ID_BYTES bytes, fixed for the run */
+    void *waiter;            /* owner only: the open waiter, or NULL */
+    uint64_t taken;          /* owner only: payloads taken from the current waiter */
+    uint32_t index;          /* position in run.slots; payloads carry index + 1 */
+    const unsigned char *id; /* ID_BYTES bytes, fixed for the run */
 };
 
 struct worker {
@@ -407,8 +407,8 @@ static const struct impl corr_impl = {
 /* mutex: sharded, mutex-protected chained hash table                                         */
 /* ------------------------------------------------------------------------------------------ */
 
-#define MUTEX_SHARD_BITS 6
-#define MUTEX_SHARDS (1u << MUTEX_SHARD_BITS)
+#define MUTEX_SHARD_BITS      6
+#define MUTEX_SHARDS          (1u << MUTEX_SHARD_BITS)
 #define MUTEX_INITIAL_BUCKETS 64
 
 struct mutex_waiter {
@@ -617,8 +617,8 @@ static void mutex_table_destroy_waiter(void *table_pointer, void *waiter)
     thread_waiters_freed++;
 }
 
-static bool mutex_table_check(void *table_pointer, const struct tally_totals *totals,
-                              char *message, size_t size)
+static bool mutex_table_check(void *table_pointer, const struct tally_totals *totals, char *message,
+                              size_t size)
 {
     struct mutex_table *table = table_pointer;
     size_t open = 0;
@@ -683,8 +683,8 @@ static const struct impl mutex_impl = {
 /* ------------------------------------------------------------------------------------------ */
 
 #define LFHT_INITIAL_BUCKETS 64
-#define LFHT_LOCKED 1u
-#define LFHT_CLOSED 2u
+#define LFHT_LOCKED          1u
+#define LFHT_CLOSED          2u
 
 struct lfht_key {
     size_t len;
@@ -771,8 +771,8 @@ static int lfht_table_add(void *table_pointer, const void *id, size_t id_len, un
     struct lfht_key key = {.len = id_len, .bytes = w->id};
     /* add_unique issues a full barrier before its commit (rculfhash.h), publishing the waiter. */
     rcu_read_lock();
-    struct cds_lfht_node *found = cds_lfht_add_unique(table->ht, w->hash, lfht_match, &key,
-                                                      &w->node);
+    struct cds_lfht_node *found =
+        cds_lfht_add_unique(table->ht, w->hash, lfht_match, &key, &w->node);
     rcu_read_unlock();
     if (found != &w->node) {
         free(w); /* liburcu: a node that add_unique rejected needs no grace period */
@@ -913,8 +913,8 @@ static void lfht_table_destroy_waiter(void *table_pointer, void *waiter)
     call_rcu(&w->rcu, lfht_waiter_free);
 }
 
-static bool lfht_table_check(void *table_pointer, const struct tally_totals *totals,
-                             char *message, size_t size)
+static bool lfht_table_check(void *table_pointer, const struct tally_totals *totals, char *message,
+                             size_t size)
 {
     struct lfht_table *table = table_pointer;
     long split_before, split_after;
@@ -1144,8 +1144,10 @@ static void cycle_loop(struct worker *w)
             }
             struct slot *woken = ready_list_take(w);
             if (woken != slot || ready_slot_claim(slot) != NULL) {
-                worker_fail(w, "%s: the first ack of a waiter did not call the wake callback "
-                               "exactly once", impl->name);
+                worker_fail(w,
+                            "%s: the first ack of a waiter did not call the wake callback "
+                            "exactly once",
+                            impl->name);
                 return;
             }
             void *taken = impl->take(run->table, slot->waiter);
@@ -1200,6 +1202,29 @@ static struct slot *worker_slots(struct worker *w, unsigned *count)
     return &run->slots[(size_t)w->index * run->waiters_per_thread];
 }
 
+/*
+ * Pin worker @index to the index-th CPU the process may run on (taskset), so that two workers
+ * never share a CPU while another sits idle: without it, runs with 2 threads on 2 CPUs came out
+ * either fast or about 2.5 times slower, depending on where the scheduler put the threads.
+ */
+static void pin_to_own_cpu(unsigned index)
+{
+    cpu_set_t allowed, mine;
+    unsigned seen = 0, count;
+
+    if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0)
+        return;
+    count = (unsigned)CPU_COUNT(&allowed);
+    for (int cpu = 0; cpu < CPU_SETSIZE && count > 0; cpu++) {
+        if (!CPU_ISSET(cpu, &allowed) || seen++ != index % count)
+            continue;
+        CPU_ZERO(&mine);
+        CPU_SET(cpu, &mine);
+        pthread_setaffinity_np(pthread_self(), sizeof(mine), &mine);
+        return;
+    }
+}
+
 static void *worker_main(void *argument)
 {
     struct worker *w = argument;
@@ -1207,6 +1232,7 @@ static void *worker_main(void *argument)
     unsigned owned;
     struct slot *slots = worker_slots(w, &owned);
 
+    pin_to_own_cpu(w->index);
     run->impl->thread_register();
     for (unsigned i = 0; i < owned && !w->failed; i++)
         slot_add(w, &slots[i], DELIVER_ACKS);
@@ -1331,8 +1357,8 @@ static void run_measure(struct run *run, const struct options *options, struct r
     result->seconds = end - start;
     result->ops = ops_after - ops_before;
     result->ops_per_sec = result->seconds > 0 ? (double)result->ops / result->seconds : 0;
-    result->ns_per_op = result->ops > 0 ? result->seconds * 1e9 * run->threads / (double)result->ops
-                                        : 0;
+    result->ns_per_op =
+        result->ops > 0 ? result->seconds * 1e9 * run->threads / (double)result->ops : 0;
 }
 
 static void totals_sum(struct run *run, struct tally_totals *totals)
@@ -1353,8 +1379,7 @@ static void totals_sum(struct run *run, struct tally_totals *totals)
         totals->taken_checksum += t->taken_checksum;
     }
     totals->released = atomic_load_explicit(&run->released, memory_order_relaxed);
-    totals->released_checksum = atomic_load_explicit(&run->released_checksum,
-                                                     memory_order_relaxed);
+    totals->released_checksum = atomic_load_explicit(&run->released_checksum, memory_order_relaxed);
     totals->duplicate_wakes = atomic_load_explicit(&run->duplicate_wakes, memory_order_relaxed);
 }
 
@@ -1363,8 +1388,10 @@ static bool totals_validate(const struct run *run, const struct tally_totals *t,
                             const struct result *result, char *message, size_t size)
 {
     if (t->delivered + t->no_waiter + t->full != t->acks) {
-        snprintf(message, size, "acks %" PRIu64 " != delivered %" PRIu64 " + no_waiter %" PRIu64
-                 " + full %" PRIu64, t->acks, t->delivered, t->no_waiter, t->full);
+        snprintf(message, size,
+                 "acks %" PRIu64 " != delivered %" PRIu64 " + no_waiter %" PRIu64
+                 " + full %" PRIu64,
+                 t->acks, t->delivered, t->no_waiter, t->full);
         return false;
     }
     if (t->taken + t->released != t->delivered) {
@@ -1389,25 +1416,29 @@ static bool totals_validate(const struct run *run, const struct tally_totals *t,
     switch (run->scenario) {
     case SCENARIO_DELIVER:
         if (t->released != 0) {
-            snprintf(message, size, "%" PRIu64 " payloads reached payload_free although the "
-                     "owner drained every waiter before destroying it", t->released);
+            snprintf(message, size,
+                     "%" PRIu64 " payloads reached payload_free although the "
+                     "owner drained every waiter before destroying it",
+                     t->released);
             return false;
         }
         break;
     case SCENARIO_CYCLE:
         if (t->cycles != t->adds || t->delivered != t->cycles || t->taken != t->cycles ||
             t->acks != t->cycles) {
-            snprintf(message, size, "cycles %" PRIu64 ", adds %" PRIu64 ", acks %" PRIu64
-                     ", delivered %" PRIu64 ", taken %" PRIu64 " should all be equal",
+            snprintf(message, size,
+                     "cycles %" PRIu64 ", adds %" PRIu64 ", acks %" PRIu64 ", delivered %" PRIu64
+                     ", taken %" PRIu64 " should all be equal",
                      t->cycles, t->adds, t->acks, t->delivered, t->taken);
             return false;
         }
         break;
     case SCENARIO_MISS:
         if (t->no_waiter != t->acks || t->taken != 0) {
-            snprintf(message, size, "%" PRIu64 " of %" PRIu64 " acks of absent ids returned "
-                     "NO_WAITER and %" PRIu64 " payloads were taken", t->no_waiter, t->acks,
-                     t->taken);
+            snprintf(message, size,
+                     "%" PRIu64 " of %" PRIu64 " acks of absent ids returned "
+                     "NO_WAITER and %" PRIu64 " payloads were taken",
+                     t->no_waiter, t->acks, t->taken);
             return false;
         }
         break;
@@ -1529,7 +1560,8 @@ static bool run_once(enum scenario scenario, unsigned impl_index, unsigned threa
     allocation_counts_flush(); /* waiters that the main thread freed in destroy */
     totals_sum(&run, &result->totals);
     if (valid && result->totals.released != released_before_destroy) {
-        snprintf(message, sizeof(message), "table destroy released %" PRIu64 " payloads of "
+        snprintf(message, sizeof(message),
+                 "table destroy released %" PRIu64 " payloads of "
                  "waiters that were never destroyed",
                  result->totals.released - released_before_destroy);
         valid = false;
@@ -1538,8 +1570,8 @@ static bool run_once(enum scenario scenario, unsigned impl_index, unsigned threa
         uint64_t allocated = atomic_load(&waiters_allocated) - allocated_before;
         uint64_t freed = atomic_load(&waiters_freed) - freed_before;
         if (allocated != freed) {
-            snprintf(message, sizeof(message), "%" PRIu64 " waiters allocated but %" PRIu64
-                     " freed", allocated, freed);
+            snprintf(message, sizeof(message),
+                     "%" PRIu64 " waiters allocated but %" PRIu64 " freed", allocated, freed);
             valid = false;
         }
     }
@@ -1548,8 +1580,10 @@ static bool run_once(enum scenario scenario, unsigned impl_index, unsigned threa
     run_free(&run);
 
     if (!valid) {
-        fprintf(stderr, "corr_engine_bench: validation failed for scenario=%s impl=%s threads=%u "
-                "round=%u: %s\n", scenario_names[scenario], impl->name, threads, round, message);
+        fprintf(stderr,
+                "corr_engine_bench: validation failed for scenario=%s impl=%s threads=%u "
+                "round=%u: %s\n",
+                scenario_names[scenario], impl->name, threads, round, message);
         return false;
     }
     return true;
@@ -1564,12 +1598,13 @@ static void result_print(const struct result *r)
            scenario_names[r->scenario], impls[r->impl]->name, r->threads, r->round, r->seconds,
            r->ops, r->ops_per_sec, r->ns_per_op);
     fflush(stdout);
-    fprintf(stderr, "# %-8s %-6s %7u %5u %14.0f %9.1f   acks=%" PRIu64 " delivered=%" PRIu64
-            " full=%" PRIu64 " no_waiter=%" PRIu64 " rotations=%" PRIu64
-            " duplicate_wakes=%" PRIu64 "\n",
-            scenario_names[r->scenario], impls[r->impl]->name, r->threads, r->round,
-            r->ops_per_sec, r->ns_per_op, t->acks, t->delivered, t->full, t->no_waiter,
-            t->rotations, t->duplicate_wakes);
+    fprintf(stderr,
+            "# %-8s %-6s %7u %5u %14.0f %9.1f   acks=%" PRIu64 " delivered=%" PRIu64
+            " full=%" PRIu64 " no_waiter=%" PRIu64 " rotations=%" PRIu64 " duplicate_wakes=%" PRIu64
+            "\n",
+            scenario_names[r->scenario], impls[r->impl]->name, r->threads, r->round, r->ops_per_sec,
+            r->ns_per_op, t->acks, t->delivered, t->full, t->no_waiter, t->rotations,
+            t->duplicate_wakes);
 }
 
 static int compare_doubles(const void *a, const void *b)
@@ -1604,8 +1639,8 @@ static void medians_print(const struct result *results, size_t count, unsigned r
                 if (i == 0)
                     corr_median = median;
                 printf("median scenario=%s impl=%s threads=%u rounds=%zu ops_per_sec=%.0f "
-                       "ns_per_op=%.1f\n", scenario_names[s], impls[i]->name, threads, n, median,
-                       ns_per_op);
+                       "ns_per_op=%.1f\n",
+                       scenario_names[s], impls[i]->name, threads, n, median, ns_per_op);
                 char versus_corr[32] = "-";
                 if (corr_median > 0)
                     snprintf(versus_corr, sizeof(versus_corr), "%.2f", median / corr_median);

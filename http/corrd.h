@@ -48,6 +48,7 @@ struct corrd_ack_msg {
 };
 
 struct corrd_worker;
+struct corrd_deferred_ack;
 
 /* One held /start request. It may outlive its h2o request while it sits in a worker inbox. */
 struct corrd_held {
@@ -90,6 +91,8 @@ struct corrd_worker {
     h2o_multithread_receiver_t receiver;
     h2o_multithread_message_t message;
     bool local_wake; /* a same-thread ack pushed to the inbox; drained after the ack handler */
+    struct corrd_deferred_ack *deferred_acks; /* acks to try again after this batch of events */
+    struct corrd_deferred_ack **deferred_acks_tail;
 
     /* Detects HTTP/1 clients that close while their request is held (h2o stops reading then). */
     int rdhup_epoll_fd;
@@ -122,6 +125,7 @@ int corrd_handlers_register(h2o_globalconf_t *conf, const char *access_log);
 void corrd_wake_cb(struct corr_waiter *waiter, void *waiter_data, void *engine_data);
 void corrd_payload_free_cb(void *payload, void *engine_data);
 void corrd_worker_drain_inbox(struct corrd_worker *worker);
+size_t corrd_worker_retry_acks(struct corrd_worker *worker);
 void corrd_held_expire(struct corrd_held *held);
 void corrd_held_client_gone(struct corrd_held *held);
 void corrd_held_shutdown(struct corrd_held *held);

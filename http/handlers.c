@@ -444,13 +444,124 @@ static struct corrd_ack_msg *ack_msg_create(h2o_req_t *req)
     return msg;
 }
 
+/* Answer an ack with the engine's @result and count it. */
+static void ack_respond(struct corrd_worker *worker, h2o_req_t *req, int result, const char *id,
+                        size_t id_len)
+{
+    char printable[300];
+
+    id_printable(id, id_len, printable, sizeof(printable));
+    switch (result) {
+    case CORR_ACK_DELIVERED:
+        corrd_metrics_count(&worker->metrics, CORRD_ACKS_DELIVERED);
+        send_text(req, 202, "Accepted", "delivered to the waiter for id '%s'", printable);
+        break;
+    case CORR_ACK_NO_WAITER:
+        corrd_metrics_count(&worker->metrics, CORRD_ACKS_NO_WAITER);
+        send_text(req, 404, "Not Found", "no waiter is pending for id '%s'; ack discarded",
+                  printable);
+        break;
+    case CORR_ACK_FULL:
+        corrd_metrics_count(&worker->metrics, CORRD_ACKS_FULL);
+        send_text(req, 429, "Too Many Requests",
+                  "the waiter for id '%s' already has its ack; ack dropped", printable);
+        break;
+    default:
+        corrd_metrics_count(&worker->metrics, CORRD_ACKS_REJECTED_INVALID);
+        send_text(req, 400, "Bad Request", "invalid ack: %s", corr_strerror(result));
+        break;
+    }
+}
+
+/* Hand @msg to the engine, answer any waiter of this worker it wakes, and return the result. */
+static int ack_deliver(struct corrd_worker *worker, const char *id, size_t id_len,
+                       struct corrd_ack_msg *msg)
+{
+    msg->delivered_at_us = corrd_now_us();
+    int result = corr_engine_ack(corrd.engine, id, id_len, msg);
+    if (result != CORR_ACK_DELIVERED)
+        free(msg);
+    if (worker->local_wake) {
+        worker->local_wake = false;
+        corrd_worker_drain_inbox(worker);
+    }
+    return result;
+}
+
+/*
+ * An ack that found no waiter, kept until the end of the current batch of events and tried once
+ * more. h2o handles the sockets of one batch newest first, so a /start and its ack that arrive
+ * together on two connections are often handled ack first; the second try, microseconds later,
+ * finds the waiter that the same batch registered. An ack still without a waiter then gets 404,
+ * so nothing is kept beyond the batch.
+ */
+struct corrd_deferred_ack {
+    struct corrd_deferred_ack *next;
+    h2o_req_t *req;                   /* NULL once h2o disposed the request */
+    struct corrd_deferred_ack **slot; /* in the request's pool; cleared before this is freed */
+    struct corrd_ack_msg *msg;
+    size_t id_len;
+    char id[];
+};
+
+static void on_deferred_ack_dispose(void *slot)
+{
+    struct corrd_deferred_ack *deferred = *(struct corrd_deferred_ack **)slot;
+
+    if (deferred != NULL)
+        deferred->req = NULL; /* the client went away; the retry only frees it */
+}
+
+static void ack_defer(struct corrd_worker *worker, h2o_req_t *req, const char *id, size_t id_len,
+                      struct corrd_ack_msg *msg)
+{
+    struct corrd_deferred_ack *deferred = malloc(sizeof(*deferred) + id_len);
+
+    if (deferred == NULL) {
+        ack_respond(worker, req, ack_deliver(worker, id, id_len, msg), id, id_len);
+        return;
+    }
+    deferred->next = NULL;
+    deferred->req = req;
+    deferred->msg = msg;
+    deferred->id_len = id_len;
+    memcpy(deferred->id, id, id_len);
+    deferred->slot =
+        h2o_mem_alloc_shared(&req->pool, sizeof(*deferred->slot), on_deferred_ack_dispose);
+    *deferred->slot = deferred;
+    *worker->deferred_acks_tail = deferred;
+    worker->deferred_acks_tail = &deferred->next;
+}
+
+size_t corrd_worker_retry_acks(struct corrd_worker *worker)
+{
+    struct corrd_deferred_ack *list = worker->deferred_acks;
+    size_t answered = 0;
+
+    worker->deferred_acks = NULL;
+    worker->deferred_acks_tail = &worker->deferred_acks;
+    while (list != NULL) {
+        struct corrd_deferred_ack *deferred = list;
+        list = deferred->next;
+        if (deferred->req == NULL) {
+            free(deferred->msg);
+        } else {
+            *deferred->slot = NULL;
+            int result = ack_deliver(worker, deferred->id, deferred->id_len, deferred->msg);
+            ack_respond(worker, deferred->req, result, deferred->id, deferred->id_len);
+            answered++;
+        }
+        free(deferred);
+    }
+    return answered;
+}
+
 static int handle_ack(h2o_req_t *req, const struct corrd_target *target)
 {
     struct corrd_worker *worker = corrd_current_worker;
     const char *error;
     char *id;
     size_t id_len;
-    char printable[300];
 
     if (decode_id(req, target, &id, &id_len) != 0)
         return 0;
@@ -475,34 +586,17 @@ static int handle_ack(h2o_req_t *req, const struct corrd_target *target)
 
     msg->delivered_at_us = corrd_now_us();
     int result = corr_engine_ack(corrd.engine, id, id_len, msg);
+    if (result == CORR_ACK_NO_WAITER) {
+        ack_defer(worker, req, id, id_len, msg); /* msg stays with the deferred ack */
+        return 0;
+    }
     if (result != CORR_ACK_DELIVERED)
         free(msg);
     if (worker->local_wake) {
         worker->local_wake = false;
         corrd_worker_drain_inbox(worker);
     }
-
-    id_printable(id, id_len, printable, sizeof(printable));
-    switch (result) {
-    case CORR_ACK_DELIVERED:
-        corrd_metrics_count(&worker->metrics, CORRD_ACKS_DELIVERED);
-        send_text(req, 202, "Accepted", "delivered to the waiter for id '%s'", printable);
-        break;
-    case CORR_ACK_NO_WAITER:
-        corrd_metrics_count(&worker->metrics, CORRD_ACKS_NO_WAITER);
-        send_text(req, 404, "Not Found", "no waiter is pending for id '%s'; ack discarded",
-                  printable);
-        break;
-    case CORR_ACK_FULL:
-        corrd_metrics_count(&worker->metrics, CORRD_ACKS_FULL);
-        send_text(req, 429, "Too Many Requests",
-                  "the waiter for id '%s' already has its ack; ack dropped", printable);
-        break;
-    default:
-        corrd_metrics_count(&worker->metrics, CORRD_ACKS_REJECTED_INVALID);
-        send_text(req, 400, "Bad Request", "invalid ack: %s", corr_strerror(result));
-        break;
-    }
+    ack_respond(worker, req, result, id, id_len);
     return 0;
 }
 

@@ -456,6 +456,7 @@ static void worker_setup(struct corrd_worker *worker)
     worker->accept_ctx.hosts = corrd.globalconf.hosts;
     worker->accept_ctx.ssl_ctx = corrd.ssl_ctx;
     corrd_timer_heap_init(&worker->timers);
+    worker->deferred_acks_tail = &worker->deferred_acks;
 
     worker->listeners = calloc(worker->listener_count, sizeof(*worker->listeners));
     for (size_t i = 0; i < worker->listener_count; i++) {
@@ -493,7 +494,8 @@ static void *worker_main(void *arg)
          */
         int32_t wait_ms = answered_outside_loop ? 0 : loop_wait_ms(worker);
         h2o_evloop_run(worker->loop, wait_ms); /* -1 on EINTR is harmless here */
-        answered_outside_loop = expire_timers(worker) != 0;
+        answered_outside_loop = corrd_worker_retry_acks(worker) != 0;
+        answered_outside_loop |= expire_timers(worker) != 0;
         if (!worker->draining && ck_pr_load_uint(&worker->shutdown_requested)) {
             begin_drain(worker);
             answered_outside_loop = true;
