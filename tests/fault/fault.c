@@ -1322,6 +1322,8 @@ static void pair_step(struct pairs *pairs, struct pair_slot *slot)
             pair_end(pairs, slot, false);
             return;
         } else {
+            if (status == 404)
+                pairs->early_404++;
             snprintf(path, sizeof(path), "/ack/%s", slot->id);
             h1_send(slot->ack, "POST", path, NULL, slot->body, strlen(slot->body));
             slot->ack_tries++;

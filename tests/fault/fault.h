@@ -352,6 +352,7 @@ struct pairs {
     struct pair_slot *slots;
     double worst_s; /* longest time from a pair's /start to its waiter's response */
     double sum_s;
+    long early_404; /* acks that got 404 because they overtook their /start, then were retried */
 };
 
 void pairs_init(struct pairs *pairs, struct loop *loop, int port, const char *prefix, long total,
