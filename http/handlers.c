@@ -232,7 +232,7 @@ void corrd_held_client_gone(struct corrd_held *held)
     corr_waiter_close(corrd.engine, held->waiter);
     corrd_metrics_count(&held->worker->metrics, CORRD_WAITERS_CANCELLED);
     held_detach(held);
-    /* h2o has stopped reading this HTTP/1 connection; answering with close makes it tear down. */
+    /* h2o has stopped reading this HTTP/1 connection, so a response with close makes it tear down. */
     req->http1_is_persistent = 0;
     send_error(req, 499, "client closed the connection while waiting");
 }
@@ -296,7 +296,7 @@ void corrd_wake_cb(struct corr_waiter *waiter, void *waiter_data, void *engine_d
 static void held_on_wake(struct corrd_held *held)
 {
     if (held->waiter == NULL)
-        return; /* answered by a timer or shutdown after the push; nothing to take */
+        return; /* a timer or the shutdown responded after the push; nothing to take */
     struct corrd_ack_msg *msg = corr_waiter_take(held->waiter);
     if (msg == NULL)
         return;

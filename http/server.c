@@ -1,8 +1,9 @@
 /*
- * corrd worker threads: one h2o event loop per thread, each with its own SO_REUSEPORT listeners,
- * its own deadline heap for held requests, an inbox for wake-ups from acking threads, and an
- * epoll set that watches held HTTP/1 sockets for a client close (h2o stops reading an HTTP/1
- * connection while a request is in flight, so it would not notice the close by itself).
+ * corrd worker threads: one h2o event loop per thread. Each worker has its own SO_REUSEPORT
+ * listeners, its own deadline heap for held requests, and an inbox for wake-ups from acking
+ * threads. It also keeps an epoll set that watches held HTTP/1 sockets for a client close,
+ * because h2o stops reading an HTTP/1 connection while a request is in flight and so would not
+ * notice the close by itself.
  */
 #include <errno.h>
 #include <netdb.h>
@@ -30,7 +31,7 @@ __thread struct corrd_worker *corrd_current_worker;
 static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
 static unsigned workers_ready;    /* ck_pr atomics only */
 static unsigned workers_exited;   /* ck_pr atomics only */
-static unsigned workers_draining; /* workers that answered their waiters; ck_pr atomics only */
+static unsigned workers_draining; /* workers that responded to their waiters; ck_pr atomics only */
 
 uint64_t corrd_now_ms(void)
 {
@@ -148,7 +149,7 @@ static void on_rdhup(h2o_socket_t *sock, const char *err)
     while ((count = epoll_wait(worker->rdhup_epoll_fd, events, 64, 0)) > 0) {
         for (int i = 0; i < count; i++) {
             struct corrd_held *held = events[i].data.ptr;
-            /* An answer disposes only its own HTTP/1 request, so later entries stay valid. */
+            /* A response disposes only its own HTTP/1 request, so later entries stay valid. */
             if (held->req != NULL && held->waiter != NULL && held->watched_fd >= 0)
                 corrd_held_client_gone(held);
         }
@@ -365,7 +366,7 @@ unsigned corrd_server_workers_exited(void)
 
 /* ---- the loop ---- */
 
-/* Answer every held request whose deadline has passed; returns how many were answered. */
+/* Respond to every held request whose deadline has passed; returns how many got a response. */
 static size_t expire_timers(struct corrd_worker *worker)
 {
     uint64_t now = corrd_now_ms();
