@@ -232,7 +232,7 @@ void corrd_held_client_gone(struct corrd_held *held)
     corr_waiter_close(corrd.engine, held->waiter);
     corrd_metrics_count(&held->worker->metrics, CORRD_WAITERS_CANCELLED);
     held_detach(held);
-    /* h2o has stopped reading this HTTP/1 connection, so a response with close makes it tear down. */
+    /* h2o stopped reading this HTTP/1 connection; a response with close makes it tear it down. */
     req->http1_is_persistent = 0;
     send_error(req, 499, "client closed the connection while waiting");
 }
