@@ -3,7 +3,7 @@
 # tests under AddressSanitizer + UndefinedBehaviorSanitizer, the engine tests under
 # ThreadSanitizer, and a one-minute libFuzzer run of the request-target parser (clang).
 #
-#   tools/test.sh            everything (about 15 minutes on 2 cores)
+#   tools/test.sh            everything (10 minutes on a 2-core machine)
 #   tools/test.sh --plain    only the plain build
 # Build trees go to build/test-*; extra arguments after -- go to every ctest run.
 set -euo pipefail
