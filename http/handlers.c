@@ -310,7 +310,7 @@ void corrd_worker_drain_inbox(struct corrd_worker *worker)
     struct corrd_held *list = ck_pr_fas_ptr(&worker->inbox, NULL);
     ck_pr_fence_atomic_load();
 
-    /* The stack is newest first; reverse it so that waiters are answered in wake-up order. */
+    /* The stack is newest first, so reverse it to respond to waiters in wake-up order. */
     struct corrd_held *fifo = NULL;
     while (list != NULL) {
         struct corrd_held *next = list->inbox_next;
@@ -322,7 +322,7 @@ void corrd_worker_drain_inbox(struct corrd_worker *worker)
     while (fifo != NULL) {
         struct corrd_held *held = fifo;
         fifo = held->inbox_next;
-        /* Cleared before answering, so a dispose during held_on_wake frees it directly. */
+        /* Cleared before the response, so a dispose during held_on_wake frees it directly. */
         ck_pr_store_uint(&held->queued, 0);
         if (held->dead)
             free(held);
@@ -473,19 +473,30 @@ static void ack_respond(struct corrd_worker *worker, h2o_req_t *req, int result,
     }
 }
 
-/* Hand @msg to the engine, answer any waiter of this worker it wakes, and return the result. */
-static int ack_deliver(struct corrd_worker *worker, const char *id, size_t id_len,
-                       struct corrd_ack_msg *msg)
+/*
+ * Hand @msg to the engine and respond to any waiter of this worker that the ack woke. The caller
+ * keeps @msg unless the result is CORR_ACK_DELIVERED.
+ */
+static int ack_try(struct corrd_worker *worker, const char *id, size_t id_len,
+                   struct corrd_ack_msg *msg)
 {
     msg->delivered_at_us = corrd_now_us();
     int result = corr_engine_ack(corrd.engine, id, id_len, msg);
-    if (result != CORR_ACK_DELIVERED)
-        free(msg);
     if (worker->local_wake) {
         worker->local_wake = false;
         corrd_worker_drain_inbox(worker);
     }
     return result;
+}
+
+/* Try @msg once, free it unless it was delivered, and respond to the acker. */
+static void ack_try_and_respond(struct corrd_worker *worker, h2o_req_t *req, const char *id,
+                                size_t id_len, struct corrd_ack_msg *msg)
+{
+    int result = ack_try(worker, id, id_len, msg);
+    if (result != CORR_ACK_DELIVERED)
+        free(msg);
+    ack_respond(worker, req, result, id, id_len);
 }
 
 /*
@@ -518,7 +529,7 @@ static void ack_defer(struct corrd_worker *worker, h2o_req_t *req, const char *i
     struct corrd_deferred_ack *deferred = malloc(sizeof(*deferred) + id_len);
 
     if (deferred == NULL) {
-        ack_respond(worker, req, ack_deliver(worker, id, id_len, msg), id, id_len);
+        ack_try_and_respond(worker, req, id, id_len, msg);
         return;
     }
     deferred->next = NULL;
@@ -547,8 +558,8 @@ size_t corrd_worker_retry_acks(struct corrd_worker *worker)
             free(deferred->msg);
         } else {
             *deferred->slot = NULL;
-            int result = ack_deliver(worker, deferred->id, deferred->id_len, deferred->msg);
-            ack_respond(worker, deferred->req, result, deferred->id, deferred->id_len);
+            ack_try_and_respond(worker, deferred->req, deferred->id, deferred->id_len,
+                                deferred->msg);
             answered++;
         }
         free(deferred);
@@ -584,18 +595,13 @@ static int handle_ack(h2o_req_t *req, const struct corrd_target *target)
         return 0;
     }
 
-    msg->delivered_at_us = corrd_now_us();
-    int result = corr_engine_ack(corrd.engine, id, id_len, msg);
+    int result = ack_try(worker, id, id_len, msg);
     if (result == CORR_ACK_NO_WAITER) {
         ack_defer(worker, req, id, id_len, msg); /* msg stays with the deferred ack */
         return 0;
     }
     if (result != CORR_ACK_DELIVERED)
         free(msg);
-    if (worker->local_wake) {
-        worker->local_wake = false;
-        corrd_worker_drain_inbox(worker);
-    }
     ack_respond(worker, req, result, id, id_len);
     return 0;
 }

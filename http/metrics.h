@@ -13,10 +13,10 @@
 
 enum corrd_counter {
     CORRD_WAITERS_STARTED,
-    CORRD_WAITERS_ANSWERED, /* answered with an ack's body */
+    CORRD_WAITERS_ANSWERED, /* responded to with an ack's body */
     CORRD_WAITERS_TIMED_OUT,
-    CORRD_WAITERS_CANCELLED, /* the client closed or reset before an answer */
-    CORRD_WAITERS_SHUTDOWN,  /* answered 503 by a shutdown */
+    CORRD_WAITERS_CANCELLED, /* the client closed or reset before the response */
+    CORRD_WAITERS_SHUTDOWN,  /* given 503 by a shutdown */
     CORRD_WAITERS_REJECTED_CONFLICT,
     CORRD_WAITERS_REJECTED_LIMIT,
     CORRD_WAITERS_REJECTED_DRAINING,

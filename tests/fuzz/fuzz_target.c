@@ -9,10 +9,10 @@
 #include <string.h>
 #include "ids.h"
 
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond))                                                                               \
-            abort();                                                                               \
+#define CHECK(cond)  \
+    do {             \
+        if (!(cond)) \
+            abort(); \
     } while (0)
 
 static const size_t max_id_choices[] = {1, 16, 256, 4096};
@@ -63,9 +63,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     status = corrd_id_decode(target.id_raw, target.id_raw_len, max_id, id, &id_len, &error);
     CHECK(status == 0 || (status == 400 && error != NULL));
     if (status == 0) {
-        CHECK(id_len >= 1 && id_len <= max_id);
-        for (size_t i = 0; i < id_len; i++)
-            CHECK((unsigned char)id[i] >= 0x20 && (unsigned char)id[i] != 0x7f);
+        CHECK(id_len >= 1);
+        CHECK(id_len <= max_id);
+        for (size_t i = 0; i < id_len; i++) {
+            CHECK((unsigned char)id[i] >= 0x20);
+            CHECK((unsigned char)id[i] != 0x7f);
+        }
         check_id_round_trip(id, id_len, max_id);
     }
     free(id);
@@ -73,10 +76,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint64_t timeout = 0;
     error = NULL;
     if (target.endpoint == CORRD_ENDPOINT_START) {
-        status = corrd_start_query_parse(target.query, target.query_len, 10000, max_timeout, &timeout, &error);
+        status = corrd_start_query_parse(target.query, target.query_len, 10000, max_timeout,
+                                         &timeout, &error);
         CHECK(status == 0 || (status == 400 && error != NULL));
-        if (status == 0)
-            CHECK(timeout >= 1 && timeout <= max_timeout);
+        if (status == 0) {
+            CHECK(timeout >= 1);
+            CHECK(timeout <= max_timeout);
+        }
     } else {
         status = corrd_ack_query_parse(target.query, target.query_len, &error);
         CHECK(status == 0 || (status == 400 && error != NULL));
